@@ -1,0 +1,54 @@
+# Quick start on a fresh machine: `make demo`, then `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PIP_QUIET := --quiet --disable-pip-version-check
+
+.PHONY: venv bootstrap images up down status demo test unit integration lint clean
+
+$(STAMP): pyproject.toml requirements.lock
+	@echo "==> Creating the project environment in $(VENV) (torch is large: a few minutes the first time)"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { \
+	  echo "error: '$(PYTHON) -m venv' failed; on Debian/Ubuntu install python3-venv (apt-get install python3-venv)"; exit 1; }
+	@$(BIN)/python -m pip install $(PIP_QUIET) -c requirements.lock -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
+	@$(BIN)/python -c "import sandbox, torch, azureml.core" || { echo "error: the environment is incomplete; see the pip output above"; exit 1; }
+	@touch $@
+
+venv: $(STAMP)
+
+bootstrap: $(STAMP)
+	$(BIN)/aml-sandbox bootstrap
+
+images: bootstrap
+	$(BIN)/aml-sandbox images build
+
+up: $(STAMP)
+	$(BIN)/aml-sandbox up
+
+down: $(STAMP)
+	$(BIN)/aml-sandbox down
+
+status: $(STAMP)
+	$(BIN)/aml-sandbox status
+
+# The whole tutorial, locally.
+demo: $(STAMP)
+	$(BIN)/aml-sandbox up
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit
+
+integration: images
+	$(BIN)/pytest tests/integration
+
+# Unit and integration tests against real Docker and real Azurite (installed and started if needed).
+test: images lint
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

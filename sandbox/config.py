@@ -1,0 +1,170 @@
+"""Settings of the local stack: endpoints, ports, credentials, the state folder.
+
+One frozen dataclass built by :meth:`Settings.from_env`, never read at import time. Each value comes
+from, in order: an environment variable, the stack file ``<home>/stack.json`` written by
+``aml-sandbox up``, a default that matches ``docker-compose.yml``. A bad value names its variable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from sandbox.errors import ConfigurationError
+
+#: Azurite's documented development account (https://learn.microsoft.com/azure/storage/common/
+#: storage-use-azurite#well-known-storage-account-and-key). Treated as a secret all the same:
+#: it is never printed unless the user asks for it.
+AZURITE_ACCOUNT_NAME = "devstoreaccount1"
+AZURITE_ACCOUNT_KEY = (
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+STACK_FILE_NAME = "stack.json"
+_WORKSPACE_NAMESPACE = uuid.UUID("5f0c6d2e-8f7a-4c1b-9a57-3a8c1d2e4b60")
+
+
+def _env_int(environ: Mapping[str, str], name: str, default: int) -> int:
+    raw = environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigurationError(
+            f"{name}={raw!r} is not a port number; set it to an integer between 1 and 65535 or unset it"
+        ) from None
+    if not 1 <= value <= 65535:
+        raise ConfigurationError(f"{name}={value} is out of range; use a port between 1 and 65535")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where the local stack lives and how to reach it."""
+
+    home: Path
+    project: str = "aml-sandbox"
+    compose_file: Path = REPO_ROOT / "docker-compose.yml"
+    bind_host: str = "127.0.0.1"
+    azurite_port: int = 10000
+    service_port: int = 8790
+    #: Overrides the blob endpoint (inside the compose network it is http://azurite:10000/<account>).
+    blob_endpoint_override: str | None = None
+    account_name: str = AZURITE_ACCOUNT_NAME
+    account_key: str = field(default=AZURITE_ACCOUNT_KEY, repr=False)
+    subscription_id: str = "00000000-0000-0000-0000-000000000000"
+    resource_group: str = "aml-sandbox-rg"
+    workspace_name: str = "aml-sandbox-ws"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build the settings from ``AML_SANDBOX_*`` variables, the stack file and defaults."""
+        env = os.environ if environ is None else environ
+        home_raw = env.get("AML_SANDBOX_HOME") or str(Path.home() / ".aml-sandbox")
+        home = Path(home_raw).expanduser()
+        if not home.is_absolute():
+            raise ConfigurationError(
+                f"AML_SANDBOX_HOME={home_raw!r} must be an absolute path (the workspace service sees "
+                "the state folder at the same absolute path as the host)"
+            )
+        stored = _read_stack_file(home)
+        settings = cls(home=home)
+        settings = replace(
+            settings,
+            project=env.get("AML_SANDBOX_PROJECT") or stored.get("project", settings.project),
+            azurite_port=_env_int(env, "AML_SANDBOX_AZURITE_PORT", stored.get("azurite_port", 10000)),
+            service_port=_env_int(env, "AML_SANDBOX_SERVICE_PORT", stored.get("service_port", 8790)),
+            blob_endpoint_override=env.get("AML_SANDBOX_BLOB_ENDPOINT") or None,
+        )
+        compose = env.get("AML_SANDBOX_COMPOSE_FILE")
+        if compose:
+            settings = replace(settings, compose_file=Path(compose).expanduser().resolve())
+        for attr, var in (
+            ("subscription_id", "AML_SANDBOX_SUBSCRIPTION_ID"),
+            ("resource_group", "AML_SANDBOX_RESOURCE_GROUP"),
+            ("workspace_name", "AML_SANDBOX_WORKSPACE_NAME"),
+        ):
+            value = env.get(var) or stored.get(attr)
+            if value:
+                settings = replace(settings, **{attr: value})
+        return settings
+
+    # -- derived values ----------------------------------------------------------------------
+
+    @property
+    def blob_endpoint(self) -> str:
+        if self.blob_endpoint_override:
+            return self.blob_endpoint_override.rstrip("/")
+        return f"http://{self.bind_host}:{self.azurite_port}/{self.account_name}"
+
+    @property
+    def connection_string(self) -> str:
+        """The explicit-endpoint connection string (works inside a compose network too)."""
+        return (
+            f"DefaultEndpointsProtocol=http;AccountName={self.account_name};"
+            f"AccountKey={self.account_key};BlobEndpoint={self.blob_endpoint};"
+        )
+
+    @property
+    def masked_connection_string(self) -> str:
+        return self.connection_string.replace(self.account_key, "<hidden: aml-sandbox status --show-secrets>")
+
+    @property
+    def service_url(self) -> str:
+        return f"http://{self.bind_host}:{self.service_port}"
+
+    @property
+    def workspace_id(self) -> str:
+        """A stable workspace GUID derived from the workspace's ARM coordinates."""
+        key = f"{self.subscription_id}/{self.resource_group}/{self.workspace_name}"
+        return str(uuid.uuid5(_WORKSPACE_NAMESPACE, key))
+
+    @property
+    def wheelhouse(self) -> Path:
+        return self.home / "wheelhouse"
+
+    @property
+    def stack_file(self) -> Path:
+        return self.home / STACK_FILE_NAME
+
+    def compose_environment(self) -> dict[str, str]:
+        """Variables ``docker compose`` needs to interpolate docker-compose.yml for this stack."""
+        return {
+            "AML_SANDBOX_HOME": str(self.home),
+            "AML_SANDBOX_AZURITE_PORT": str(self.azurite_port),
+            "AML_SANDBOX_SERVICE_PORT": str(self.service_port),
+        }
+
+    def write_stack_file(self) -> None:
+        """Remember ports and names so later processes (control scripts, tests) find this stack."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        data = {
+            key: value
+            for key, value in asdict(self).items()
+            if key in {"project", "azurite_port", "service_port", "subscription_id", "resource_group",
+                       "workspace_name"}
+        }
+        tmp = self.stack_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        tmp.replace(self.stack_file)
+
+
+def _read_stack_file(home: Path) -> dict:
+    path = home / STACK_FILE_NAME
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigurationError(
+            f"{path} is not readable JSON ({exc}); delete it and run 'aml-sandbox up' to write it again"
+        ) from exc
+    if not isinstance(data, dict):
+        raise ConfigurationError(f"{path} must hold a JSON object; delete it and run 'aml-sandbox up'")
+    return data

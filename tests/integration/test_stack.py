@@ -1,0 +1,125 @@
+"""The local stack: docker compose + Azurite, bootstrap, images, up/down/status (issue 2)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import uuid
+
+import pytest
+from azure.storage.blob import BlobServiceClient
+
+from tests.integration.conftest import CLI, SandboxEnv, require_docker
+
+pytestmark = pytest.mark.local_only
+
+
+def _roundtrip(sandbox: SandboxEnv, container: str, payload: bytes) -> None:
+    client = BlobServiceClient.from_connection_string(sandbox.settings.connection_string)
+    box = client.get_container_client(container)
+    if not box.exists():
+        box.create_container()
+    box.upload_blob("probe/hello.bin", payload, overwrite=True)
+
+
+def _read(sandbox: SandboxEnv, container: str) -> bytes | None:
+    client = BlobServiceClient.from_connection_string(sandbox.settings.connection_string)
+    box = client.get_container_client(container)
+    if not box.exists():
+        return None
+    return box.download_blob("probe/hello.bin").readall()
+
+
+def _azurite_container(sandbox: SandboxEnv) -> dict:
+    ids = sandbox.compose("ps", "-q", "azurite").stdout.split()
+    assert ids, "azurite container not found"
+    inspect = subprocess.run(["docker", "inspect", ids[0]], capture_output=True, text=True, check=True)
+    return json.loads(inspect.stdout)[0]
+
+
+def test_compose_up_gives_healthy_azurite_that_keeps_data_until_down_v(sandbox_env: SandboxEnv) -> None:
+    up = sandbox_env.cli("up")
+    assert "The local stack is up" in up.stdout
+    assert sandbox_env.settings.blob_endpoint in up.stdout
+    assert sandbox_env.settings.account_key not in up.stdout + up.stderr
+
+    assert _azurite_container(sandbox_env)["State"]["Health"]["Status"] == "healthy"
+    payload = uuid.uuid4().bytes * 1000
+    _roundtrip(sandbox_env, "keep", payload)
+    assert _read(sandbox_env, "keep") == payload
+
+    sandbox_env.cli("down")
+    sandbox_env.cli("up")
+    assert _read(sandbox_env, "keep") == payload, "data must survive down + up (named volume)"
+
+    sandbox_env.cli("down", "--volumes")
+    sandbox_env.cli("up")
+    assert _read(sandbox_env, "keep") is None, "down --volumes must delete the data"
+
+
+def test_plain_docker_compose_up_works_with_the_resolved_images(sandbox_env: SandboxEnv) -> None:
+    """`docker compose up` with no aml-sandbox in between: the compose file needs no edits."""
+    sandbox_env.compose("up", "--detach", "--wait", "--wait-timeout", "120")
+    payload = b"plain compose"
+    _roundtrip(sandbox_env, "plain", payload)
+    assert _read(sandbox_env, "plain") == payload
+
+
+def test_azurite_listens_on_loopback_only(sandbox_env: SandboxEnv) -> None:
+    sandbox_env.cli("up")
+    bindings = _azurite_container(sandbox_env)["HostConfig"]["PortBindings"]["10000/tcp"]
+    assert [b["HostIp"] for b in bindings] == ["127.0.0.1"]
+
+    # From another address of this machine the port is closed.
+    external = subprocess.run(["hostname", "-I"], capture_output=True, text=True).stdout.split()
+    external = [ip for ip in external if ":" not in ip and not ip.startswith("127.")]
+    assert external, "this machine has no non-loopback IPv4 address to test from"
+    with socket.socket() as sock:
+        sock.settimeout(2)
+        assert sock.connect_ex((external[0], sandbox_env.settings.azurite_port)) != 0
+    with socket.socket() as sock:
+        sock.settimeout(2)
+        assert sock.connect_ex(("127.0.0.1", sandbox_env.settings.azurite_port)) == 0
+
+
+def test_status_reports_a_stopped_stack_and_up_twice_is_a_no_op(sandbox_env: SandboxEnv) -> None:
+    stopped = sandbox_env.cli("status")
+    assert "azurite      not running" in stopped.stdout
+    assert "does not answer" in stopped.stdout
+
+    sandbox_env.cli("up")
+    first = _azurite_container(sandbox_env)
+    again = sandbox_env.cli("up")
+    second = _azurite_container(sandbox_env)
+    assert "built" not in again.stdout
+    assert (second["Id"], second["State"]["StartedAt"]) == (first["Id"], first["State"]["StartedAt"])
+
+    running = sandbox_env.cli("status")
+    assert "azurite      running (healthy)" in running.stdout
+    assert "azurite: answers" in running.stdout
+    assert "missing" not in running.stdout.split("images:")[1].split("azurite:")[0]
+
+
+def test_bootstrap_is_idempotent() -> None:
+    require_docker()
+    result = subprocess.run([*CLI, "bootstrap"], capture_output=True, text=True, timeout=120, check=True)
+    assert "nothing to install" in result.stdout
+    assert "docker compose 2." in result.stdout
+    assert "Docker is ready (nothing changed)" in result.stdout
+    assert "Installing" not in result.stdout and "Starting" not in result.stdout
+
+
+def test_second_images_build_builds_nothing(sandbox_env: SandboxEnv) -> None:
+    first = sandbox_env.cli("images", "build")
+    second = sandbox_env.cli("images", "build")
+    assert "built 0, pulled 0" in second.stdout, second.stdout
+    ids_before = {line.split()[0]: line.split()[1] for line in _image_lines(first.stdout)}
+    ids_after = {line.split()[0]: line.split()[1] for line in _image_lines(second.stdout)}
+    assert ids_before == ids_after
+    assert {"base", "azurite"} <= set(ids_after)
+
+
+def _image_lines(stdout: str) -> list[str]:
+    tail = stdout.split("images ready")[1]
+    return [line.strip() for line in tail.splitlines()[1:] if line.strip()]
