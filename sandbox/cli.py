@@ -33,11 +33,9 @@ def _build_images(settings: Settings, *, allow_pull: bool, include_environments:
 
 
 def _environment_recipes() -> list:
-    try:
-        from sandbox.aml.environment import prebuilt_recipes
-    except ImportError:
-        return []
-    return prebuilt_recipes()
+    from sandbox.images import curated_recipes
+
+    return curated_recipes()
 
 
 def _cmd_images(args: argparse.Namespace, settings: Settings) -> int:
@@ -64,16 +62,21 @@ def _cmd_images(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     from sandbox import azurite
     from sandbox.bootstrap import ensure_docker
+    from sandbox.service.auth import ensure_token
+    from sandbox.service.client import ServiceClient
     from sandbox.stack import Stack
 
     ensure_docker()
     console.step("Resolving the stack's images")
     _build_images(settings, allow_pull=not args.no_pull, include_environments=False)
     settings.write_stack_file()
+    ensure_token(settings.home)
     console.step(f"docker compose up (project {settings.project})")
     Stack(settings).up()
     console.step("Waiting for Azurite to answer a real request")
     azurite.wait_until_ready(settings)
+    console.step("Waiting for the workspace service")
+    ServiceClient(settings).wait_until_ready()
     console.step("The local stack is up")
     _print_endpoints(settings, show_secrets=args.show_secrets)
     return 0
@@ -85,6 +88,7 @@ def _print_endpoints(settings: Settings, *, show_secrets: bool) -> None:
         "connection string: "
         + (settings.connection_string if show_secrets else settings.masked_connection_string)
     )
+    console.detail(f"workspace service: {settings.service_url}  (runs: {settings.service_url}/experiments)")
     console.detail(f"state folder:      {settings.home}")
 
 

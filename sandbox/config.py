@@ -25,6 +25,18 @@ AZURITE_ACCOUNT_KEY = (
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_COMPUTE_TARGETS = "cpu-cluster:4:STANDARD_D2_V2,local:1:STANDARD_D2_V2"
+
+#: VM sizes the sandbox knows: (cores, memory in GiB), Azure's published figures.
+VM_SIZES: dict[str, tuple[int, float]] = {
+    "STANDARD_A1_V2": (1, 2.0),
+    "STANDARD_A2_V2": (2, 4.0),
+    "STANDARD_D1_V2": (1, 3.5),
+    "STANDARD_D2_V2": (2, 7.0),
+    "STANDARD_D3_V2": (4, 14.0),
+    "STANDARD_DS3_V2": (4, 14.0),
+    "STANDARD_D4_V2": (8, 28.0),
+}
 STACK_FILE_NAME = "stack.json"
 _WORKSPACE_NAMESPACE = uuid.UUID("5f0c6d2e-8f7a-4c1b-9a57-3a8c1d2e4b60")
 
@@ -45,6 +57,48 @@ def _env_int(environ: Mapping[str, str], name: str, default: int) -> int:
 
 
 @dataclass(frozen=True)
+class ComputeDefinition:
+    """A compute target of the local workspace: its node count bounds concurrent runs, its VM size the limits."""
+
+    name: str
+    max_nodes: int
+    vm_size: str = "STANDARD_D2_V2"
+
+    @property
+    def cores(self) -> int:
+        return VM_SIZES[self.vm_size][0]
+
+    @property
+    def memory_bytes(self) -> int:
+        return int(VM_SIZES[self.vm_size][1] * 1024**3)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"name": self.name, "max_nodes": self.max_nodes, "vm_size": self.vm_size,
+                "cores": self.cores, "memory_bytes": self.memory_bytes}
+
+
+def parse_compute_targets(raw: str, variable: str = "AML_SANDBOX_COMPUTE_TARGETS") -> tuple[ComputeDefinition, ...]:
+    """``name:max_nodes[:vm_size],...`` -> definitions; a bad entry names the variable and the format."""
+    definitions = []
+    for entry in filter(None, (part.strip() for part in raw.split(","))):
+        parts = entry.split(":")
+        try:
+            name, nodes = parts[0], int(parts[1])
+            vm_size = parts[2].upper() if len(parts) > 2 else "STANDARD_D2_V2"
+            if len(parts) > 3 or not name or nodes < 1 or vm_size not in VM_SIZES:
+                raise ValueError
+        except (IndexError, ValueError):
+            raise ConfigurationError(
+                f"{variable} entry {entry!r} is not 'name:max_nodes[:vm_size]' with max_nodes >= 1 and vm_size one "
+                f"of {sorted(VM_SIZES)}; example: {DEFAULT_COMPUTE_TARGETS}"
+            ) from None
+        definitions.append(ComputeDefinition(name, nodes, vm_size))
+    if not definitions:
+        raise ConfigurationError(f"{variable} is empty; example: {DEFAULT_COMPUTE_TARGETS}")
+    return tuple(definitions)
+
+
+@dataclass(frozen=True)
 class Settings:
     """Where the local stack lives and how to reach it."""
 
@@ -61,6 +115,7 @@ class Settings:
     subscription_id: str = "00000000-0000-0000-0000-000000000000"
     resource_group: str = "aml-sandbox-rg"
     workspace_name: str = "aml-sandbox-ws"
+    compute_targets: tuple[ComputeDefinition, ...] = parse_compute_targets(DEFAULT_COMPUTE_TARGETS)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -82,6 +137,9 @@ class Settings:
             service_port=_env_int(env, "AML_SANDBOX_SERVICE_PORT", stored.get("service_port", 8790)),
             blob_endpoint_override=env.get("AML_SANDBOX_BLOB_ENDPOINT") or None,
         )
+        compute = env.get("AML_SANDBOX_COMPUTE_TARGETS") or stored.get("compute_targets")
+        if compute:
+            settings = replace(settings, compute_targets=parse_compute_targets(compute))
         compose = env.get("AML_SANDBOX_COMPOSE_FILE")
         if compose:
             settings = replace(settings, compose_file=Path(compose).expanduser().resolve())
@@ -139,7 +197,13 @@ class Settings:
             "AML_SANDBOX_HOME": str(self.home),
             "AML_SANDBOX_AZURITE_PORT": str(self.azurite_port),
             "AML_SANDBOX_SERVICE_PORT": str(self.service_port),
+            "AML_SANDBOX_COMPUTE_TARGETS": self.compute_targets_spec,
+            "AML_SANDBOX_PROJECT": self.project,
         }
+
+    @property
+    def compute_targets_spec(self) -> str:
+        return ",".join(f"{c.name}:{c.max_nodes}:{c.vm_size}" for c in self.compute_targets)
 
     def write_stack_file(self) -> None:
         """Remember ports and names so later processes (control scripts, tests) find this stack."""
@@ -150,6 +214,7 @@ class Settings:
             if key in {"project", "azurite_port", "service_port", "subscription_id", "resource_group",
                        "workspace_name"}
         }
+        data["compute_targets"] = self.compute_targets_spec
         tmp = self.stack_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
         tmp.replace(self.stack_file)

@@ -10,7 +10,9 @@
     │   ├── ImageBuildError           an offline build failed (image, log_tail)
     │   └── ImageNotFoundError        an image is missing where it cannot be built (the command that builds it)
     ├── StackError                    docker compose failed (command, output)
-    └── StorageUnavailableError       Azurite does not answer (endpoint, hint)
+    ├── StorageUnavailableError       Azurite does not answer (endpoint, hint)
+    ├── ServiceUnavailableError       the workspace service does not answer (endpoint, hint)
+    └── ServiceError                  the workspace service refused a call (status_code, message)
 """
 
 from __future__ import annotations
@@ -85,3 +87,24 @@ class StorageUnavailableError(SandboxError, ConnectionError):
             f"The local blob storage (Azurite) at {endpoint} does not answer ({detail}). "
             "Start the stack with 'aml-sandbox up'."
         )
+
+
+class ServiceUnavailableError(SandboxError, ConnectionError):
+    """The workspace service does not answer."""
+
+    def __init__(self, endpoint: str, detail: str) -> None:
+        self.endpoint = endpoint
+        self.detail = detail
+        super().__init__(
+            f"The local workspace service at {endpoint} does not answer ({detail}). "
+            "Start the stack with 'aml-sandbox up'."
+        )
+
+
+class ServiceError(SandboxError):
+    """The workspace service answered with an error."""
+
+    def __init__(self, status_code: int, message: str) -> None:
+        self.status_code = status_code
+        self.message = message
+        super().__init__(message)

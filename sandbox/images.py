@@ -442,7 +442,10 @@ class ImageBuilder:
         command = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check",
                    "--only-binary=:all:", "--implementation", "cp", "--python-version", "3.11",
                    "-d", str(wheelhouse)]
-        for tag in ("manylinux_2_28", "manylinux_2_17", "manylinux2014", "linux"):
+        # Debian bookworm has glibc 2.36: every manylinux tag up to 2_36 runs there.
+        tags = [f"manylinux_2_{minor}" for minor in range(36, 4, -1)]
+        tags += ["manylinux2014", "manylinux2010", "manylinux1", "linux"]
+        for tag in tags:
             command += ["--platform", f"{tag}_{arch}"]
         if recipe.constraints:
             command += ["-c", str(recipe.constraints)]
@@ -477,3 +480,58 @@ class ImageBuilder:
 def image_summary(engine: DockerEngine, recipes: list[Recipe]) -> list[tuple[str, str, bool]]:
     """(recipe name, reference, present) for each recipe; no pulls, no builds."""
     return [(r.name, r.reference, engine.get_image(r.reference) is not None) for r in recipes]
+
+
+# -- run environments ----------------------------------------------------------------------------
+
+ENVIRONMENT_REPOSITORY = "aml-sandbox/azureml"
+
+
+def pip_requirements(definition: dict) -> tuple[str, ...]:
+    """What to pip-install for an environment definition (Azure's JSON form).
+
+    A curated environment gets its documented offline mapping (sandbox/curated_environments.json);
+    any other gets its pip list as written, plus its conda packages (``name=1.2`` becomes ``name==1.2``).
+    """
+    from sandbox import curated
+
+    entry = curated.match(definition)
+    if entry is not None:
+        return entry.offline_pip
+    conda = ((definition.get("python") or {}).get("condaDependencies") or {}).get("dependencies") or []
+    requirements: list[str] = []
+    for dependency in conda:
+        if isinstance(dependency, dict):
+            requirements += [str(p) for p in dependency.get("pip", [])]
+        elif isinstance(dependency, str):
+            name = dependency.split("=")[0].strip()
+            if name in {"python", "pip"}:
+                continue
+            requirements.append(dependency.replace("==", "=").replace("=", "==", 1) if "=" in dependency else name)
+    return tuple(requirements)
+
+
+def environment_recipe(definition: dict) -> PythonImageRecipe:
+    """The image recipe of a run environment; its hash ignores the environment's name and version (as Azure's)."""
+    from sandbox import curated
+
+    requirements = pip_requirements(definition)
+    env_hash = content_hash(json.dumps(list(requirements)))
+    constraints = None
+    if curated.match(definition) is not None:
+        constraints = Path(__file__).resolve().parent / "environment-constraints.txt"
+    return PythonImageRecipe(
+        name="azureml",
+        repository=ENVIRONMENT_REPOSITORY,
+        requirements=requirements,
+        venv=f"/azureml-envs/azureml_{env_hash}",
+        constraints=constraints,
+        environment=(("AZUREML_CONDA_ENVIRONMENT_PATH", f"/azureml-envs/azureml_{env_hash}"),),
+    )
+
+
+def curated_recipes() -> list[PythonImageRecipe]:
+    """The curated environments' images, which ``aml-sandbox images build`` prepares ahead of time."""
+    from sandbox import curated
+
+    return [environment_recipe(entry.definition) for entry in curated.catalog().values()]

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 from sandbox.config import Settings
 from sandbox.errors import StackError
@@ -103,10 +104,24 @@ def _ports(publishers: list[dict]) -> str:
     )
 
 
+SERVICE_IMAGE_ALIAS = "aml-sandbox/service:local"
+SERVICE_REQUIREMENTS = Path(__file__).resolve().parent / "service" / "requirements.txt"
+
+
 def recipes() -> list:
-    """The images the stack's services run on (the run environments are in sandbox.aml.environment)."""
+    """The images the stack's services run on (the run environments' images are in sandbox.images)."""
     from sandbox import azurite
-    from sandbox.images import DebianBaseRecipe
+    from sandbox.images import DebianBaseRecipe, PythonImageRecipe
 
     base = DebianBaseRecipe()
-    return [base, azurite.recipe(base)]
+    service = PythonImageRecipe(
+        name="service",
+        repository="aml-sandbox/service",
+        requirements=tuple(line.split("==")[0] for line in SERVICE_REQUIREMENTS.read_text().splitlines()
+                           if line and not line.startswith("#")),
+        venv="/opt/aml-sandbox/venv",
+        base=base,
+        constraints=SERVICE_REQUIREMENTS,
+        alias=SERVICE_IMAGE_ALIAS,
+    )
+    return [base, azurite.recipe(base), service]

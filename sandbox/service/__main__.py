@@ -1,0 +1,65 @@
+"""``python -m sandbox.service``: the workspace service as docker compose starts it.
+
+Settings come from the environment the compose file gives (state folder at the same absolute path as
+on the host, Azurite at ``http://azurite:10000/...``, the run store on the ``service-data`` volume).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from sandbox.config import Settings
+from sandbox.docker_engine import DockerEngine
+from sandbox.errors import SandboxError
+from sandbox.local_runner import LocalRunner
+from sandbox.service.api import Services, create_api
+from sandbox.service.auth import ensure_token
+from sandbox.service.executor import Executor
+from sandbox.service.pages import add_pages
+from sandbox.service.store import SqliteRunStore
+from sandbox.storage import BlobStore
+
+log = logging.getLogger("aml_sandbox.service")
+
+
+def build(settings: Settings, db_path: Path) -> tuple:
+    engine = DockerEngine()
+    if not engine.available():
+        raise SandboxError(
+            "The workspace service cannot reach the Docker engine. Mount the socket into its container "
+            "(volumes: - /var/run/docker.sock:/var/run/docker.sock, as docker-compose.yml does).")
+    blobs = BlobStore(settings)
+    store = SqliteRunStore(db_path)
+    runner = LocalRunner(engine, blobs, settings)
+    executor = Executor(store, runner, settings)
+    services = Services(store, executor, runner, blobs, ensure_token(settings.home))
+    app = create_api(services)
+    add_pages(app, services)
+    return app, executor
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = Settings.from_env()
+        db_path = Path(os.environ.get("AML_SANDBOX_DB", str(settings.home / "service" / "runs.db")))
+        app, executor = build(settings, db_path)
+    except SandboxError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    recovered = executor.recover()
+    if recovered:
+        log.info("picked up %d unfinished runs: %s", len(recovered), ", ".join(recovered))
+    port = int(os.environ.get("AML_SANDBOX_SERVICE_LISTEN_PORT", "8790"))
+    uvicorn.run(app, host=os.environ.get("AML_SANDBOX_SERVICE_LISTEN_HOST", "0.0.0.0"), port=port,
+                log_level="info", access_log=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
