@@ -33,9 +33,10 @@ down: $(STAMP)
 status: $(STAMP)
 	$(BIN)/aml-sandbox status
 
-# The whole tutorial, locally.
+# The whole tutorial, locally: stack up, data, upload, submit, the driver log followed, metrics.
+# DEMO_IMAGES=5000 make demo uses a smaller data set (default: the full 50,000 images).
 demo: $(STAMP)
-	$(BIN)/aml-sandbox up
+	$(BIN)/python control/demo.py $(if $(DEMO_IMAGES),--images $(DEMO_IMAGES))
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from sandbox import console
 from sandbox.config import Settings
@@ -131,6 +132,92 @@ def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_data(args: argparse.Namespace, settings: Settings) -> int:
+    import time
+
+    from sandbox import cifar10
+
+    out = args.out.absolute()
+    start = time.monotonic()
+    if args.real:
+        console.step(f"Downloading the real CIFAR-10 into {out}")
+        paths = cifar10.fetch_real(out)
+    else:
+        size = "full size" if args.images is None else f"{args.images} training images"
+        console.step(f"Generating CIFAR-10 ({size}, seed {args.seed}) into {out}")
+        paths = cifar10.generate(out, images=args.images, seed=args.seed, progress=console.detail)
+    total = sum(p.stat().st_size for p in paths)
+    console.step(f"{len(paths)} files, {total / 1e6:.1f} MB in {time.monotonic() - start:.1f} s")
+    return 0
+
+
+def _client(settings: Settings):
+    from sandbox.service.client import ServiceClient
+
+    return ServiceClient(settings)
+
+
+def _cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+
+    client = _client(settings)
+    action = args.runs_command
+    if action == "list":
+        runs = client.list_runs(args.experiment)
+        if not runs:
+            print("no runs" + (f" in experiment {args.experiment}" if args.experiment else ""))
+            return 0
+        print(f"{'RUN ID':<52} {'STATUS':<16} {'TARGET':<12} CREATED (UTC)")
+        for run in runs:
+            print(f"{run['runId']:<52} {run['status']:<16} {run['target']:<12} {run['createdUtc'][:19]}")
+        return 0
+    if action == "show":
+        run = client.get_run(args.run_id)
+        definition = run.pop("definition")
+        run["metrics"] = client.metrics(args.run_id)["metrics"]
+        run["files"] = client.files(args.run_id)
+        run["arguments"] = definition.get("arguments")
+        run["url"] = f"{settings.service_url}/runs/{args.run_id}"
+        print(json.dumps(run, indent=2))
+        return 0 if run["status"] != "Failed" else 1
+    if action == "cancel":
+        run = client.cancel(args.run_id)
+        print(f"{args.run_id}: {run['status']}")
+        return 0
+    return _logs(client, args.run_id, args.file, args.follow)
+
+
+def _cmd_logs(args: argparse.Namespace, settings: Settings) -> int:
+    return _logs(_client(settings), args.run_id, args.file, args.follow)
+
+
+def _logs(client, run_id: str, name: str, follow: bool) -> int:
+    import time
+
+    from sandbox.errors import ServiceError
+    from sandbox.run_definition import RunStatus
+
+    offset = 0
+    status = client.get_run(run_id)["status"]
+    while True:
+        try:
+            data, offset, status = client.read_file(run_id, name, offset)
+        except ServiceError as exc:
+            if exc.status_code != 404:
+                raise
+            data = b""
+            status = client.get_run(run_id)["status"]
+        if data:
+            sys.stdout.buffer.write(data)
+            sys.stdout.flush()
+        if not follow or (status and RunStatus(status).is_terminal and not data):
+            break
+        time.sleep(1.0)
+    if follow:
+        print(f"\n{run_id}: {status}")
+    return 0 if status != "Failed" else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aml-sandbox", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
@@ -153,6 +240,29 @@ def build_parser() -> argparse.ArgumentParser:
     down = sub.add_parser("down", help="stop the stack (data stays unless --volumes)")
     down.add_argument("-v", "--volumes", action="store_true", help="also delete the data volumes")
     down.set_defaults(func=_cmd_down)
+
+    data = sub.add_parser("data", help="write CIFAR-10 in torchvision's on-disk layout (offline)")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="dataset")
+    cifar = data_sub.add_parser("cifar10", help="generated (default) or the real data set")
+    cifar.add_argument("--out", type=Path, default=Path("data"), help="output folder (default: ./data)")
+    cifar.add_argument("--images", type=int, default=None, help="training images (default: the full 50,000)")
+    cifar.add_argument("--seed", type=int, default=0)
+    cifar.add_argument("--real", action="store_true", help="download the real data set where the network allows")
+    data.set_defaults(func=_cmd_data)
+
+    runs = sub.add_parser("runs", help="runs in the local workspace: list, show, logs, cancel")
+    runs_sub = runs.add_subparsers(dest="runs_command", required=True, metavar="action")
+    runs_list = runs_sub.add_parser("list", help="runs, newest first")
+    runs_list.add_argument("--experiment", help="only this experiment's runs")
+    runs_sub.add_parser("show", help="a run's status, timings, metrics, files").add_argument("run_id")
+    runs_sub.add_parser("cancel", help="cancel a run").add_argument("run_id")
+    for parser_ in (runs_sub.add_parser("logs", help="print a run's driver log"),
+                    sub.add_parser("logs", help="print a run's driver log (same as 'runs logs')")):
+        parser_.add_argument("run_id")
+        parser_.add_argument("--follow", "-f", action="store_true", help="keep printing until the run ends")
+        parser_.add_argument("--file", default="azureml-logs/70_driver_log.txt", help="which run file")
+        parser_.set_defaults(func=_cmd_logs)
+    runs.set_defaults(func=_cmd_runs)
 
     status = sub.add_parser("status", help="each service's state and which images exist")
     status.add_argument("--show-secrets", action="store_true", help="print the full connection string")

@@ -39,8 +39,15 @@ def _registry(workspace: Workspace) -> Path:
     return workspace.service_context.home / "environments"
 
 
-def _from_definition(definition: dict[str, Any]) -> _AzureEnvironment:
-    return _AzureEnvironment._deserialize_and_add_to_object(json.loads(json.dumps(definition)))
+def _local(environment: Any) -> Any:
+    """azureml-core's constructors return its own class; give the object this one's local lookups."""
+    if type(environment) is _AzureEnvironment:
+        environment.__class__ = Environment
+    return environment
+
+
+def _from_definition(definition: dict[str, Any]) -> Any:
+    return _local(_AzureEnvironment._deserialize_and_add_to_object(json.loads(json.dumps(definition))))
 
 
 class Environment(_AzureEnvironment):
@@ -74,6 +81,19 @@ class Environment(_AzureEnvironment):
                 if versions:
                     result[folder.name] = _from_definition(json.loads(versions[-1].read_text(encoding="utf-8")))
         return result
+
+    @staticmethod
+    def from_pip_requirements(name: str, file_path: str, pip_version: str | None = None) -> Any:
+        return _local(_AzureEnvironment.from_pip_requirements(name, file_path, pip_version))
+
+    @staticmethod
+    def from_conda_specification(name: str, file_path: str) -> Any:
+        return _local(_AzureEnvironment.from_conda_specification(name, file_path))
+
+    @staticmethod
+    def from_existing_conda_environment(name: str, conda_environment_name: str) -> Any:
+        raise NotImplementedError("Environment.from_existing_conda_environment needs conda on this machine; the "
+                                  "local sandbox builds from pip requirements or a conda specification file")
 
     def register(self, workspace: Workspace) -> Any:
         if self.name.startswith(("AzureML", "Microsoft")):

@@ -25,6 +25,7 @@ import types
 from datetime import datetime, timezone
 from typing import Any
 
+from . import listing
 from .history import HistoryWriter
 from .run_context import SandboxRun, install
 
@@ -161,6 +162,7 @@ def run_script(spec: dict[str, Any], control_dir: str, history: HistoryWriter) -
     logger.info("Run %s: calling script %s", spec["run_id"], script)
     run = SandboxRun(spec, control_dir, input_paths)
     install(run)
+    listing.install([item["mount_point"] for item in spec.get("inputs", []) if item["mode"] == "mount"])
     _say(f"Current directory:  {os.getcwd()}")
     display = spec["arguments_display"]
     _say(f"Preparing to call script [ {script} ] with arguments: {display!r}")

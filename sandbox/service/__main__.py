@@ -45,6 +45,8 @@ def build(settings: Settings, db_path: Path) -> tuple:
 
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("azure", "urllib3", "docker", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         settings = Settings.from_env()
         db_path = Path(os.environ.get("AML_SANDBOX_DB", str(settings.home / "service" / "runs.db")))
