@@ -353,7 +353,8 @@ _CLASS_FREQUENCIES = np.array([1.5, 3.0, 2.0, 3.5, 2.5, 1.5, 3.0, 2.0, 3.5, 2.5]
 def render_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Rows of CIFAR-10 pixels (uint8, (n, 3072): 1024 red, 1024 green, 1024 blue) for ``labels``.
 
-    Each image is its class's colour and grating (or, for a share of LABEL_NOISE, another class's) (random phase, jittered angle and contrast) plus
+    Each image is its class's colour and grating (or, for a share of LABEL_NOISE, another class's;
+    random phase, jittered angle and contrast) plus
     Gaussian noise; values are even, which keeps the archive compressible below the real one's size.
     """
     n = len(labels)

@@ -23,8 +23,8 @@ import pytest
 
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")  # Ryuk's image cannot be pulled here
 
-from sandbox.bootstrap import docker_server_version  # noqa: E402
-from sandbox.config import Settings  # noqa: E402
+from sandbox.bootstrap import docker_server_version
+from sandbox.config import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "sandbox.cli"]

@@ -56,7 +56,7 @@ def wait_for_log_line(run: Any, text: str, timeout: float = 120.0) -> str:
     while True:
         try:
             log = driver_log(run)
-        except Exception:  # noqa: BLE001 - the log may not exist yet
+        except Exception:
             log = ""
         if text in log:
             return log

@@ -124,7 +124,7 @@ def test_src_dir_that_is_not_a_directory_fails_with_azures_error_and_uploads_not
     datastore = Workspace.from_config().get_default_datastore()
     (tmp_path / "file.txt").write_text("x")
     for bad in (str(tmp_path / "missing"), str(tmp_path / "file.txt")):
-        with pytest.raises(UserErrorException, match="src_path must be a directory."):
+        with pytest.raises(UserErrorException, match=r"src_path must be a directory\."):
             datastore.upload(src_dir=bad, target_path="x")
     assert _blobs(local_workspace, datastore.container_name) == {}
 

@@ -56,8 +56,8 @@ def test_config_json_names_the_workspace(tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_dataset_str_is_azures_json_form_and_gains_registration_when_saved(ws: aml.Workspace) -> None:
     dataset = aml.Dataset.File.from_files(path=(ws.get_default_datastore(), "datasets/cifar10"))
-    assert str(dataset) == 'FileDataset\n{\n  "source": [\n    "(\'workspaceblobstore\', \'datasets/cifar10\')"\n  ],\n' \
-                           '  "definition": [\n    "GetDatastoreFiles"\n  ]\n}'
+    assert str(dataset) == ('FileDataset\n{\n  "source": [\n    "(\'workspaceblobstore\', \'datasets/cifar10\')"\n'
+                            '  ],\n  "definition": [\n    "GetDatastoreFiles"\n  ]\n}')
     dataset_id = dataset._ensure_saved(ws)
     registration = json.loads(str(dataset).split("\n", 1)[1])["registration"]
     assert registration == {"id": dataset_id, "name": None, "version": None, "workspace": repr(ws)}
@@ -102,7 +102,7 @@ def test_environments_from_the_curated_catalog(ws: aml.Workspace) -> None:
     assert same.name == env.name and same.version == env.version
     with pytest.raises(KeyError, match=r"Known environments: \['AzureML-PyTorch-1.6-CPU'\]"):
         ws.environments["AzureML-PyTorch-9.9-CPU"]
-    with pytest.raises(KeyError, match="AzureML-PyTorch-1.6-CPU"):
+    with pytest.raises(KeyError, match=r"AzureML-PyTorch-1\.6-CPU"):
         aml.Environment.get(ws, "nope")
 
 
@@ -162,7 +162,7 @@ def test_unknown_compute_target_names_the_known_ones(ws: aml.Workspace, tmp_path
 def test_missing_script_is_refused_at_submit(ws: aml.Workspace, tmp_path: Path) -> None:
     config = _config(ws, tmp_path, [])
     config.script = "nope.py"
-    with pytest.raises(UserErrorException, match="The script 'nope.py' was not found in source_directory"):
+    with pytest.raises(UserErrorException, match=r"The script 'nope\.py' was not found in source_directory"):
         aml.Experiment(ws, "exp").submit(config)
 
 
