@@ -384,7 +384,7 @@ class LocalRunner:
         error = (errors or [{}])[-1]
         if error.get("type") == "DatasetMountValidationException":
             message = f"Dataset initialization failed: DatasetMountValidationException: {error['message']}"
-        elif error.get("type") and error.get("type") != "SystemExit":
+        elif error.get("type"):
             message = f"User program failed with {error['type']}: {error.get('message', '')}"
         elif error.get("explicit"):
             message = error.get("message", "The run was marked as failed")

@@ -12,11 +12,16 @@ from typing import Any
 
 
 class _SortedScandir:
-    def __init__(self, entries: list[os.DirEntry]) -> None:
-        self._entries = entries
+    """What ``os.scandir`` returns (an iterator and a context manager), over sorted entries."""
 
-    def __iter__(self) -> Any:
-        return iter(self._entries)
+    def __init__(self, entries: list[os.DirEntry]) -> None:
+        self._entries = iter(entries)
+
+    def __iter__(self) -> _SortedScandir:
+        return self
+
+    def __next__(self) -> os.DirEntry:
+        return next(self._entries)
 
     def __enter__(self) -> _SortedScandir:
         return self
