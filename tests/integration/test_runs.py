@@ -146,7 +146,8 @@ def test_only_outputs_and_logs_are_kept(workspace_env: SandboxEnv, tmp_path: Pat
     run = submit(tmp_path / "src", "write.py")
     run.wait_for_completion()
     files = run.get_file_names()
-    assert {"outputs/result.txt", "logs/progress.log", "extra/notes.txt", "azureml-logs/70_driver_log.txt"} <= set(files)
+    kept = {"outputs/result.txt", "logs/progress.log", "extra/notes.txt", "azureml-logs/70_driver_log.txt"}
+    assert kept <= set(files)
     assert not any(name.endswith(("scratch.txt", "write.py", "big_local_file.bin")) for name in files)
     target = tmp_path / "down" / "result.txt"
     run.download_file("outputs/result.txt", str(target))
