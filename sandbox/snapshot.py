@@ -81,8 +81,8 @@ def _manifest_path(cache_dir: Path, directory: Path) -> Path:
     return cache_dir / f"{key}.json"
 
 
-def take(source_directory: str | os.PathLike[str], cache_dir: Path) -> Snapshot:
-    """Check the limits, pack the snapshot, remember its manifest for the next file-count check."""
+def take(source_directory: str | os.PathLike[str], cache_dir: Path, work_dir: Path | None = None) -> Snapshot:
+    """Check the limits, pack the snapshot (in ``work_dir``), remember its manifest for the next file-count check."""
     directory = Path(source_directory).resolve()
     if not directory.is_dir():
         raise FileNotFoundError(f"source_directory {str(source_directory)!r} is not a directory "
@@ -111,7 +111,9 @@ def take(source_directory: str | os.PathLike[str], cache_dir: Path) -> Snapshot:
         warnings.warn(f"Submitting {source_directory} directory for run. The size of the directory >= "
                       f"{WARNING_SIZE_MB} MB, so it can take a few minutes.", stacklevel=3)
 
-    handle, archive_name = tempfile.mkstemp(prefix="aml-snapshot-", suffix=".tar.gz")
+    if work_dir is not None:
+        work_dir.mkdir(parents=True, exist_ok=True)
+    handle, archive_name = tempfile.mkstemp(prefix="aml-snapshot-", suffix=".tar.gz", dir=work_dir)
     os.close(handle)
     archive = Path(archive_name)
     try:

@@ -9,9 +9,10 @@ reported within seconds with the endpoint and the fix.
 from __future__ import annotations
 
 import os
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,6 +30,7 @@ SINGLE_PUT_SIZE = 8 * 1024 * 1024
 BLOCK_SIZE = 4 * 1024 * 1024
 READ_CHUNK = 4 * 1024 * 1024
 AVAILABILITY_TIMEOUT = 20.0
+READ_TIMEOUT = 20
 
 
 @dataclass(frozen=True)
@@ -78,9 +80,12 @@ class BlobStore:
                 max_single_put_size=SINGLE_PUT_SIZE,
                 max_block_size=BLOCK_SIZE,
                 connection_timeout=10,
-                read_timeout=120,
+                # A request moves at most one 4 MiB block; a storage that stopped mid-request must not
+                # hold an upload for minutes (a killed container's proxy keeps the socket open).
+                read_timeout=READ_TIMEOUT,
                 retry_total=3,
                 retry_connect=2,
+                retry_read=0,  # a response cut off is reported at once; the caller checks the storage
                 retry_backoff_factor=0.5,
                 retry_backoff_max=4,
             )
@@ -179,14 +184,39 @@ class BlobStore:
         return self.container(container).download_blob(blob).readall().decode("utf-8", "replace")
 
     def _run(self, work: Callable[[Transfer], None], transfers: Iterable[Transfer]) -> Iterator[TransferResult]:
-        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="blob") as pool:
-            futures: dict[Future[None], Transfer] = {pool.submit(work, t): t for t in transfers}
-            try:
-                for future in as_completed(futures):
-                    yield TransferResult(futures[future], future.exception())
-            finally:
-                for future in futures:
-                    future.cancel()
+        """Results in completion order, from daemon worker threads.
+
+        A caller that stops early (the storage went away) leaves the requests still in flight to end on
+        their own within the read timeout; daemon workers never hold up the process's exit.
+        """
+        pending: queue.SimpleQueue[Transfer | None] = queue.SimpleQueue()
+        done: queue.SimpleQueue[TransferResult] = queue.SimpleQueue()
+        stop = threading.Event()
+        count = 0
+        for transfer in transfers:
+            pending.put(transfer)
+            count += 1
+
+        def worker() -> None:
+            while not stop.is_set():
+                transfer = pending.get()
+                if transfer is None:
+                    return
+                try:
+                    work(transfer)
+                    done.put(TransferResult(transfer))
+                except BaseException as exc:
+                    done.put(TransferResult(transfer, exc))
+
+        workers = min(self.concurrency, count)
+        for _ in range(workers):
+            pending.put(None)
+            threading.Thread(target=worker, name="blob-transfer", daemon=True).start()
+        try:
+            for _ in range(count):
+                yield done.get()
+        finally:
+            stop.set()
 
     def close(self) -> None:
         if self._service is not None:

@@ -208,9 +208,8 @@ class AzureBlobDatastore:
         if storage_down is not None:
             raise StorageUnavailableError(
                 storage_down.endpoint,
-                f"it stopped answering during the upload; {count} of {estimated_total} files were uploaded and no "
-                "partial blob was kept. Start it again and repeat the upload with overwrite=False to upload the "
-                "rest",
+                f"it stopped answering during the upload: {count} of {estimated_total} files were uploaded, no "
+                "partial blob was kept; once it is back, repeat the upload with overwrite=False to upload the rest",
             ) from storage_down
         if failures:
             listing = "\n".join(f"  {src}: {type(err).__name__}: {err}" for src, err in failures[:20])

@@ -139,7 +139,8 @@ class _Submission:
         environment = definition_of(config.run_config.environment)
         image, interpreter, build_log = self._image(environment)
         try:
-            snap = snapshot.take(source_directory, self.workspace.service_context.home / "snapshots" / "manifests")
+            home = self.workspace.service_context.home
+            snap = snapshot.take(source_directory, home / "snapshots" / "manifests", home / "tmp")
         except snapshot.SnapshotLimitError as exc:
             raise SnapshotException(str(exc)) from None
         run_id = new_run_id(self.experiment.name)

@@ -111,14 +111,16 @@ class DatasetMountError(Exception):
 
 
 def _user_traceback(exc: BaseException, script_path: str) -> str:
-    """The traceback as ``python script.py`` would print it: the injector's own frames left out."""
+    """The traceback as ``python script.py`` would print it: the injector's own frames left out.
+
+    A script that does not compile has no frame of its own: Python then prints only the error.
+    """
     frames = traceback.extract_tb(exc.__traceback__)
     script_dir = os.path.dirname(os.path.abspath(script_path))
-    start = 0
-    for index, frame in enumerate(frames):
-        if os.path.abspath(frame.filename).startswith(script_dir + os.sep):
-            start = index
-            break
+    start = next((i for i, frame in enumerate(frames)
+                  if os.path.abspath(frame.filename).startswith(script_dir + os.sep)), None)
+    if start is None:
+        return "".join(traceback.format_exception_only(type(exc), exc))
     lines = ["Traceback (most recent call last):\n"]
     lines += traceback.format_list(frames[start:])
     lines += traceback.format_exception_only(type(exc), exc)

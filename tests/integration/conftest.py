@@ -121,7 +121,7 @@ def start_azurite() -> tuple[object, str]:
     container = (DockerContainer(azurite.IMAGE_ALIAS)
                  .with_command(list(azurite.COMMAND))
                  .with_exposed_ports(azurite.BLOB_PORT)
-                 .with_kwargs(labels={MANAGED_LABEL: "true", "aml-sandbox.test": "true"}))
+                 .with_kwargs(labels={MANAGED_LABEL: "true", "aml-sandbox.test": "true"}, init=True))
     container.start()
     port = container.get_exposed_port(azurite.BLOB_PORT)
     endpoint = f"http://127.0.0.1:{port}/devstoreaccount1"

@@ -38,7 +38,8 @@ def data_dir(tmp_path: Path) -> Path:
 @pytest.mark.parity
 def test_upload_of_the_cifar_folder_prints_azure_lines_and_names_blobs_under_the_target(
         local_workspace: Settings, data_dir: Path, capsys: pytest.CaptureFixture[str],
-        caplog: pytest.LogCaptureFixture) -> None:
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sandbox.aml.datastore._warned", set())  # Azure warns once per process
     datastore = Workspace.from_config().get_default_datastore()
     assert datastore.name == "workspaceblobstore"
     assert datastore.container_name == f"azureml-blobstore-{local_workspace.workspace_id}"
