@@ -214,6 +214,9 @@ def test_a_killed_container_ends_the_run_failed_with_a_reason(
     attrs = inspect(container)
     assert attrs["Config"]["User"] == "1000:1000"
     assert attrs["HostConfig"]["CapDrop"] == ["ALL"]
+    assert attrs["HostConfig"]["Memory"] == int(7.0 * 1024**3)  # cpu-cluster: STANDARD_D2_V2, 7 GiB, 2 cores
+    assert attrs["HostConfig"]["NanoCpus"] == 2 * 10**9
+    assert attrs["HostConfig"]["ShmSize"] == 2 * 1024**3
     assert not any("docker.sock" in m["Source"] for m in attrs["Mounts"])
     assert not any(key in " ".join(attrs["Config"]["Env"]) for key in ("AccountKey", "Eby8vdM02"))
     subprocess.run(["docker", "kill", container], check=True, capture_output=True)
@@ -221,3 +224,46 @@ def test_a_killed_container_ends_the_run_failed_with_a_reason(
     error = run.get_details()["error"]["error"]["message"]
     assert "stopped from outside" in error and "137" in error
     assert not run_containers(workspace_env.settings.project)
+
+
+@pytest.mark.parity
+def test_a_new_environment_is_built_once_with_its_build_log_and_reused(
+        workspace_env: SandboxEnv, tmp_path: Path, no_leftover_containers: None,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from sandbox.docker_engine import DockerEngine
+    from sandbox.images import environment_recipe
+
+    marker = f"{os.getpid()}-{tmp_path.name}"[-20:]
+    (tmp_path / "requirements.txt").write_text("six==1.17.0\n")
+    env = aml.Environment.from_pip_requirements(f"env-{marker}", str(tmp_path / "requirements.txt"))
+    env.environment_variables = {"BUILD_MARKER": marker}  # not part of the image: same hash as any six-only env
+    ws = aml.Workspace.from_config()
+    recipe = environment_recipe(json.loads(json.dumps(aml.environment.definition_of(env))))
+    engine = DockerEngine()
+    if engine.get_image(recipe.reference) is not None:  # an earlier session built it: start from scratch
+        engine.client.images.remove(recipe.reference, force=True)
+    write_script(tmp_path / "src", "six_check.py", """
+        import os, sys, six
+        print("six", six.__version__, "python", sys.version.split()[0], os.environ["BUILD_MARKER"])
+        """)
+
+    def run_once() -> aml.Run:
+        config = aml.ScriptRunConfig(source_directory=str(tmp_path / "src"), script="six_check.py",
+                                     compute_target="cpu-cluster", environment=env)
+        run = aml.Experiment(ws, "env-build").submit(config)
+        assert run.wait_for_completion()["status"] == "Completed"
+        return run
+
+    first = run_once()
+    console = capsys.readouterr().out
+    assert "Building the image for environment" in console and "pip install from the wheelhouse" in console
+    assert "azureml-logs/20_image_build_log.txt" in first.get_file_names()
+    build_log = first._client.read_file(first.id, "azureml-logs/20_image_build_log.txt")[0].decode()
+    assert "Successfully installed six-1.17.0" in build_log
+    assert "six 1.17.0 python 3.11" in driver_log(first) and marker in driver_log(first)
+    image_id = engine.get_image(recipe.reference).id
+
+    second = run_once()
+    assert "Building the image" not in capsys.readouterr().out
+    assert "azureml-logs/20_image_build_log.txt" not in second.get_file_names()
+    assert engine.get_image(recipe.reference).id == image_id
