@@ -36,10 +36,13 @@ def catalog() -> dict[str, CuratedEnvironment]:
 
 
 def match(definition: dict[str, Any]) -> CuratedEnvironment | None:
-    """The curated entry ``definition`` is, unchanged (same name and Python dependencies), else None."""
-    entry = catalog().get(definition.get("name", ""))
-    if entry is None:
-        return None
-    wanted = entry.definition["python"]["condaDependencies"]["dependencies"]
-    got = (definition.get("python") or {}).get("condaDependencies") or {}
-    return entry if got.get("dependencies") == wanted else None
+    """The curated entry whose Python dependencies ``definition`` has, else None.
+
+    Like Azure's image hash, this ignores the name and version: a renamed copy of a curated environment
+    gets the same offline mapping and the same image.
+    """
+    got = ((definition.get("python") or {}).get("condaDependencies") or {}).get("dependencies")
+    for entry in catalog().values():
+        if got == entry.definition["python"]["condaDependencies"]["dependencies"]:
+            return entry
+    return None

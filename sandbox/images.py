@@ -485,6 +485,17 @@ def image_summary(engine: DockerEngine, recipes: list[Recipe]) -> list[tuple[str
 # -- run environments ----------------------------------------------------------------------------
 
 ENVIRONMENT_REPOSITORY = "aml-sandbox/azureml"
+AZUREML_CORE = "azureml-core==1.61.0.post4"
+IMAGE_PYTHON = "3.11"
+
+
+def requested_python(definition: dict) -> str | None:
+    """The ``python=X.Y`` an environment's conda dependencies ask for, if any."""
+    conda = ((definition.get("python") or {}).get("condaDependencies") or {}).get("dependencies") or []
+    for dependency in conda:
+        if isinstance(dependency, str) and dependency.replace(" ", "").startswith("python="):
+            return dependency.split("=", 1)[1].strip("=")
+    return None
 
 
 def pip_requirements(definition: dict) -> tuple[str, ...]:
@@ -502,7 +513,12 @@ def pip_requirements(definition: dict) -> tuple[str, ...]:
     requirements: list[str] = []
     for dependency in conda:
         if isinstance(dependency, dict):
-            requirements += [str(p) for p in dependency.get("pip", [])]
+            for package in (str(p) for p in dependency.get("pip", [])):
+                # azureml-core adds azureml-defaults to every default environment; what a training run
+                # needs of it is azureml-core (the rest is the inferencing server).
+                if package.split("=")[0].split("<")[0].split(">")[0].strip() == "azureml-defaults":
+                    package = AZUREML_CORE
+                requirements.append(package)
         elif isinstance(dependency, str):
             name = dependency.split("=")[0].strip()
             if name in {"python", "pip"}:

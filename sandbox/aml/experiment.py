@@ -220,11 +220,19 @@ class _Submission:
 
     def _image(self, environment: dict[str, Any]) -> tuple[str, str, str | None]:
         """Resolve the environment's image on the host (build it if missing); return (image, python, log)."""
+        from sandbox import console, curated
         from sandbox.docker_engine import DockerEngine
-        from sandbox.images import ImageBuilder, environment_recipe
+        from sandbox.images import IMAGE_PYTHON, ImageBuilder, environment_recipe, requested_python
 
-        recipe = environment_recipe(environment)
         engine = DockerEngine()
+        python = environment.get("python") or {}
+        if python.get("userManagedDependencies"):
+            return self._user_managed_image(engine, environment)
+        wanted = requested_python(environment)
+        if wanted and not wanted.startswith(IMAGE_PYTHON) and curated.match(environment) is None:
+            console.warn(f"environment {environment.get('name')!r} asks for python={wanted}; the sandbox's images "
+                         f"run Python {IMAGE_PYTHON} (Debian bookworm), the packages are installed for it")
+        recipe = environment_recipe(environment)
         if engine.get_image(recipe.reference) is not None:
             return recipe.reference, "python", None
         log = io.StringIO()
@@ -232,3 +240,20 @@ class _Submission:
               "build takes a few minutes, later submits reuse it.", flush=True)
         ImageBuilder(engine, self.workspace.service_context, log=log).resolve(recipe)
         return recipe.reference, "python", log.getvalue()
+
+    @staticmethod
+    def _user_managed_image(engine: Any, environment: dict[str, Any]) -> tuple[str, str, str | None]:
+        """``user_managed_dependencies=True``: the environment's own image and interpreter, used as they are."""
+        docker = environment.get("docker") or {}
+        image = docker.get("baseImage")
+        interpreter = (environment.get("python") or {}).get("interpreterPath") or "python"
+        if not image:
+            raise UserErrorException("A user-managed environment needs env.docker.base_image: the image that has "
+                                     "every package the script needs")
+        if engine.get_image(image) is None:
+            ok, reason = engine.pull(image)
+            if not ok:
+                raise UserErrorException(
+                    f"The environment's base image {image!r} is not on this machine and cannot be pulled ({reason}). "
+                    "Build or load it locally (docker build / docker load) under that name, then submit again.")
+        return image, interpreter, None

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -35,3 +36,28 @@ def test_python_recipe_hash_covers_requirements() -> None:
     b = PythonImageRecipe(name="env", repository="r", requirements=("torch==2.14.1",), venv="/v")
     c = PythonImageRecipe(name="env", repository="r", requirements=("torch==2.13.0",), venv="/v")
     assert a.hash == b.hash != c.hash
+
+
+def test_curated_environment_installs_its_documented_offline_mapping() -> None:
+    from sandbox import curated
+    from sandbox.images import environment_recipe, pip_requirements
+
+    definition = curated.catalog()["AzureML-PyTorch-1.6-CPU"].definition
+    assert pip_requirements(definition) == ("torch==2.14.1", "torchvision==0.29.1", "azureml-core==1.61.0.post4")
+    recipe = environment_recipe(definition)
+    assert recipe.venv.startswith("/azureml-envs/azureml_") and recipe.constraints is not None
+    renamed = {**definition, "name": "my-copy", "version": "9"}
+    # the name and version do not shape the image (Azure's hash ignores them), the packages do
+    assert environment_recipe(renamed).reference == recipe.reference
+    changed = json.loads(json.dumps(definition))
+    changed["python"]["condaDependencies"]["dependencies"][1]["pip"].append("six==1.17.0")
+    assert "torch==1.6.0" in environment_recipe(changed).requirements  # no longer curated: installed as written
+
+
+def test_user_environments_install_as_written_with_azureml_defaults_as_azureml_core() -> None:
+    from sandbox.images import pip_requirements, requested_python
+
+    definition = {"name": "mine", "python": {"condaDependencies": {"dependencies": [
+        "python=3.8.13", "numpy=1.26.4", "pip", {"pip": ["azureml-defaults", "six==1.17.0"]}]}}}
+    assert pip_requirements(definition) == ("numpy==1.26.4", "azureml-core==1.61.0.post4", "six==1.17.0")
+    assert requested_python(definition) == "3.8.13"
