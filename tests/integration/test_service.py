@@ -54,6 +54,8 @@ def test_one_node_target_runs_one_at_a_time_and_queues_the_rest(
     assert [r.get_status() for r in runs] == ["Completed"] * 3
     assert seen_queued_two, "never saw one run Running and two Queued"
     assert max_running == 1
+    found = list(aml.Experiment(aml.Workspace.from_config(), experiment).get_runs())
+    assert [r.id for r in found] == [r.id for r in reversed(runs)], "get_runs lists the newest first"
     history = [r.get_details() for r in runs]
     spans = sorted((d["startTimeUtc"], d["endTimeUtc"]) for d in history)
     assert spans[0][1] <= spans[1][0] and spans[1][1] <= spans[2][0], f"runs overlapped: {spans}"
@@ -209,3 +211,17 @@ def test_run_history_survives_down_and_up(workspace_env: SandboxEnv, stack: Sand
     assert again.get_metrics()["tick"] == [0, 1, 2]
     assert "tick 2" in driver_log(again)
     assert run.id in page(again.get_portal_url())
+
+
+@pytest.mark.local_only
+def test_a_run_whose_image_is_missing_fails_naming_the_command_that_builds_it(
+        workspace_env: SandboxEnv, stack: SandboxEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        no_leftover_containers: None) -> None:
+    write_script(tmp_path / "src", "a.py", "print(1)\n")
+    # The submitting client finds the image; then it is gone before the service prepares the run.
+    monkeypatch.setattr("sandbox.aml.experiment._Submission._image",
+                        lambda self, env: ("aml-sandbox/azureml:does-not-exist", "python", None))
+    run = submit(tmp_path / "src", "a.py")
+    details = run.wait_for_completion(raise_on_error=False)
+    assert details["status"] == "Failed"
+    assert "aml-sandbox images build" in details["error"]["error"]["message"]
