@@ -340,10 +340,7 @@ class ImageBuilder:
                 changes=['CMD ["bash"]', "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                          f"LABEL {MANAGED_LABEL}=true {RECIPE_LABEL}=base {RECIPE_HASH_LABEL}={recipe.hash}"],
             )
-        image = self.engine.get_image(recipe.reference)
-        if image is None:
-            raise ImageBuildError(recipe.reference, "docker import finished but the image is not there")
-        return image
+        return self._built(recipe, "docker import")
 
     def dockerfile(self, recipe: DockerfileRecipe) -> Image:
         import docker.errors
@@ -373,10 +370,7 @@ class ImageBuilder:
                             self._progress(line)
             except docker.errors.APIError as exc:
                 raise ImageBuildError(recipe.reference, str(exc)) from exc
-        image = self.engine.get_image(recipe.reference)
-        if image is None:
-            raise ImageBuildError(recipe.reference, "docker build finished but the image is not there")
-        return image
+        return self._built(recipe, "docker build")
 
     def python_image(self, recipe: PythonImageRecipe) -> Image:
         import docker.errors
@@ -454,6 +448,12 @@ class ImageBuilder:
         self._stream_process(command, recipe.reference, show=("Saved", "File was already", "ERROR"))
 
     # -- helpers ---------------------------------------------------------------------------
+
+    def _built(self, recipe: Recipe, step: str) -> Image:
+        image = self.engine.get_image(recipe.reference)
+        if image is None:
+            raise ImageBuildError(recipe.reference, f"{step} finished but the image is not there")
+        return image
 
     def _progress(self, line: str) -> None:
         self._log(line)

@@ -181,9 +181,8 @@ def test_second_submit_reuses_the_image_and_the_unchanged_data(
     assert "['a.bin']" in driver_log(second)
 
 
-@pytest.mark.parity
-def test_cancel_ends_the_run_canceled_with_no_container_left(
-        workspace_env: SandboxEnv, tmp_path: Path, no_leftover_containers: None) -> None:
+def _start_forever(tmp_path: Path) -> aml.Run:
+    """A run that prints 'started' and never ends, once it has started."""
     write_script(tmp_path / "src", "forever.py", """
         import time
         print("started", flush=True)
@@ -192,6 +191,13 @@ def test_cancel_ends_the_run_canceled_with_no_container_left(
         """)
     run = submit(tmp_path / "src", "forever.py")
     wait_for_log_line(run, "started")
+    return run
+
+
+@pytest.mark.parity
+def test_cancel_ends_the_run_canceled_with_no_container_left(
+        workspace_env: SandboxEnv, tmp_path: Path, no_leftover_containers: None) -> None:
+    run = _start_forever(tmp_path)
     assert run_containers(workspace_env.settings.project)
     run.cancel()
     assert wait_for_status(run, {"Canceled", "Failed", "Completed"}, timeout=60) == "Canceled"
@@ -202,14 +208,7 @@ def test_cancel_ends_the_run_canceled_with_no_container_left(
 @pytest.mark.local_only
 def test_a_killed_container_ends_the_run_failed_with_a_reason(
         workspace_env: SandboxEnv, tmp_path: Path, no_leftover_containers: None) -> None:
-    write_script(tmp_path / "src", "forever.py", """
-        import time
-        print("started", flush=True)
-        while True:
-            time.sleep(0.2)
-        """)
-    run = submit(tmp_path / "src", "forever.py")
-    wait_for_log_line(run, "started")
+    run = _start_forever(tmp_path)
     (container,) = run_containers(workspace_env.settings.project)
     attrs = inspect(container)
     assert attrs["Config"]["User"] == "1000:1000"

@@ -72,14 +72,16 @@ def test_loader_reads_generated_data_with_torchvisions_getitem(data: Path) -> No
 
 
 def test_a_short_training_run_learns_logs_and_saves_the_model(data: Path, workdir: Path) -> None:
-    result = _train(workdir, "--data_path", str(data), "--epochs", "2", "--log_interval", "50", "--num_workers", "0")
+    result = _train(workdir, "--data_path", str(data), "--epochs", "2", "--log_interval", "50", "--num_workers", "0",
+                    "--learning_rate", "0.003", "--momentum", "0.92")
     assert result.returncode == 0, result.stderr
     assert "===== DATA =====" in result.stdout and f"DATA PATH: {data}" in result.stdout
     assert "Attempted to log scalar metric loss:" in result.stdout  # azureml-core's offline run context
     losses = [(int(epoch), int(batch), float(loss)) for epoch, batch, loss in LOSS_LINE.findall(result.stdout)]
     assert len(losses) == 20  # 2 epochs x 2000 images / batches of 4 / every 50 batches
     assert losses[0][:2] == (1, 50) and losses[-1][:2] == (2, 500)
-    first, last = losses[0][2], losses[-1][2]
+    first = losses[0][2]
+    last = sum(loss for *_, loss in losses[-3:]) / 3  # a 50-batch window is noisy: the mean of the last three
     assert last < 0.8 * first, f"the loss did not fall: {[loss for *_, loss in losses]}"
     assert result.stdout.rstrip().endswith("Finished Training")
     state = torch.load(workdir / "outputs" / "model.pt")
