@@ -94,11 +94,23 @@ def _print_endpoints(settings: Settings, *, show_secrets: bool) -> None:
 
 
 def _cmd_down(args: argparse.Namespace, settings: Settings) -> int:
+    from sandbox.docker_engine import DockerEngine
+    from sandbox.local_runner import PROJECT_LABEL, RUN_ID_LABEL
     from sandbox.stack import Stack
 
     console.step("docker compose down" + (" --volumes (all data and run history are deleted)"
                                           if args.volumes else " (data kept in the named volumes)"))
     Stack(settings).down(volumes=args.volumes)
+    engine = DockerEngine()
+    runs = [c.labels.get(RUN_ID_LABEL) for c in engine.client.containers.list(
+        filters={"label": f"{PROJECT_LABEL}={settings.project}"})]
+    if args.volumes:
+        removed = engine.remove_containers({PROJECT_LABEL: settings.project})
+        if removed:
+            console.detail(f"removed {removed} run containers (their run history is gone)")
+    elif runs:
+        console.detail(f"{len(runs)} runs keep going in their containers ({', '.join(runs)}); "
+                       "'aml-sandbox up' re-attaches to them")
     console.step("The local stack is stopped")
     return 0
 

@@ -204,7 +204,7 @@ def test_run_history_survives_down_and_up(workspace_env: SandboxEnv, stack: Sand
     write_script(tmp_path / "src", "ticker.py", TICKER)
     run = submit(tmp_path / "src", "ticker.py", [3, 0.1])
     run.wait_for_completion()
-    stack.compose("down")
+    assert "The local stack is stopped" in stack.cli("down").stdout
     stack.cli("up", timeout=600)
     again = aml.Run(aml.Experiment(aml.Workspace.from_config(), run.experiment.name), run.id)
     assert again.get_status() == "Completed"
