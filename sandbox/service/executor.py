@@ -42,6 +42,10 @@ class ComputeQueue:
                 return True
         return False
 
+    def try_acquire(self) -> bool:
+        """Take a node without waiting (a re-attached run already runs on one)."""
+        return self._slots.acquire(blocking=False)
+
     def release(self) -> None:
         self._slots.release()
 
@@ -129,8 +133,7 @@ class Executor:
                 started = self._reattach(definition, resume)
                 if started is None:
                     return
-                if queue is not None and queue._slots.acquire(blocking=False):
-                    holding = True
+                holding = queue is not None and queue.try_acquire()
                 follower = HistoryFollower(started.folder.history, resume.history_offset)
             else:
                 self.store.set_status(run_id, RunStatus.PREPARING)
