@@ -200,3 +200,34 @@ def test_azurite_not_running_fails_clearly_within_30_seconds(tmp_path: Path, mon
         datastore.upload(src_dir=str(tmp_path / "src"), target_path="x", show_progress=False)
     assert time.monotonic() - start < 30
     assert endpoint in str(error.value) and "aml-sandbox up" in str(error.value)
+
+
+@pytest.mark.parity
+def test_file_dataset_to_path_download_and_mount(local_workspace: Settings, data_dir: Path, tmp_path: Path) -> None:
+    from sandbox import aml
+
+    datastore = Workspace.from_config().get_default_datastore()
+    datastore.upload(src_dir="./data", target_path="datasets/cifar10", show_progress=False)
+    dataset = aml.Dataset.File.from_files(path=(datastore, "datasets/cifar10"))
+    assert sorted(dataset.to_path()) == sorted(f"/{name}" for name in CIFAR_FILES)
+
+    downloaded = dataset.download(str(tmp_path / "dl"))
+    assert len(downloaded) == 9
+    original = (data_dir / "cifar-10-batches-py" / "test_batch").read_bytes()
+    assert (tmp_path / "dl" / "cifar-10-batches-py" / "test_batch").read_bytes() == original
+    with pytest.raises(UserErrorException, match=r"already exists\. Set overwrite=True"):
+        dataset.download(str(tmp_path / "dl"))
+    assert len(dataset.download(str(tmp_path / "dl"), overwrite=True)) == 9
+
+    single = aml.Dataset.File.from_files(path=(datastore, "datasets/cifar10/cifar-10-batches-py/batches.meta"))
+    assert single.to_path() == ["/batches.meta"]
+
+    with dataset.mount() as context:
+        mount_point = Path(context.mount_point)
+        assert sorted(p.name for p in mount_point.iterdir()) == ["cifar-10-batches-py", "cifar-10-python.tar.gz"]
+        assert (mount_point / "cifar-10-batches-py" / "test_batch").read_bytes() == original
+    assert not mount_point.exists(), "the mount point is removed when the context ends"
+
+    missing = aml.Dataset.File.from_files(path=(datastore, "datasets/none"))
+    with pytest.raises(UserErrorException, match="holds no files"):
+        missing.download(str(tmp_path / "none"))

@@ -141,6 +141,8 @@ def test_only_outputs_and_logs_are_kept(workspace_env: SandboxEnv, tmp_path: Pat
         run.log_row("table", epoch=2, acc=0.2)
         run.tag("stage", "test")
         run.upload_file("extra/notes.txt", "outputs/result.txt")
+        open("plot.png", "wb").write(bytes.fromhex("89504e470d0a1a0a"))
+        run.log_image("loss_plot", path="plot.png")
         """)
     (tmp_path / "src" / "big_local_file.bin").write_bytes(b"0")
     run = submit(tmp_path / "src", "write.py")
@@ -152,8 +154,13 @@ def test_only_outputs_and_logs_are_kept(workspace_env: SandboxEnv, tmp_path: Pat
     target = tmp_path / "down" / "result.txt"
     run.download_file("outputs/result.txt", str(target))
     assert target.read_text() == "kept"
-    assert run.get_metrics() == {"accuracy": 0.5, "loss": [2.0, 1.0], "curve": [1, 2, 3],
-                                 "table": {"epoch": [1, 2], "acc": [0.1, 0.2]}}
+    metrics = run.get_metrics()
+    assert metrics.pop("loss_plot") == f"aml://artifactId/ExperimentRun/dcid.{run.id}/loss_plot"
+    assert metrics == {"accuracy": 0.5, "loss": [2.0, 1.0], "curve": [1, 2, 3],
+                       "table": {"epoch": [1, 2], "acc": [0.1, 0.2]}}
+    assert "loss_plot" in files
+    run.download_files(prefix="outputs", output_directory=str(tmp_path / "all"))
+    assert (tmp_path / "all" / "outputs" / "result.txt").read_text() == "kept"
     assert run.get_tags()["stage"] == "test"
     assert any(name.startswith("logs/azureml/") and name.endswith("_azureml.log") for name in files)
 
@@ -266,3 +273,24 @@ def test_a_new_environment_is_built_once_with_its_build_log_and_reused(
     assert "Building the image" not in capsys.readouterr().out
     assert "azureml-logs/20_image_build_log.txt" not in second.get_file_names()
     assert engine.get_image(recipe.reference).id == image_id
+
+
+@pytest.mark.parity
+def test_path_on_compute_places_the_data_where_asked(workspace_env: SandboxEnv, tmp_path: Path,
+                                                     no_leftover_containers: None) -> None:
+    (tmp_path / "payload").mkdir()
+    (tmp_path / "payload" / "x.txt").write_text("x")
+    ws = aml.Workspace.from_config()
+    ws.get_default_datastore().upload(src_dir=str(tmp_path / "payload"), target_path="poc", show_progress=False)
+    dataset = aml.Dataset.File.from_files(path=(ws.get_default_datastore(), "poc"))
+    write_script(tmp_path / "src", "where.py", """
+        import os, sys
+        print("ARGS", sys.argv[1:], os.path.isfile(os.path.join(sys.argv[1], "x.txt")),
+              os.path.isfile(os.path.join(sys.argv[2], "x.txt")), os.getcwd())
+        """)
+    run = submit(tmp_path / "src", "where.py", [dataset.as_named_input("fixed").as_mount("/data/fixed"),
+                                                dataset.as_named_input("rel").as_download("inputs/rel")])
+    assert run.wait_for_completion()["status"] == "Completed"
+    line = next(x for x in driver_log(run).splitlines() if x.startswith("ARGS"))
+    cwd = line.rsplit(" ", 1)[1]
+    assert line == f"ARGS ['/data/fixed', '{cwd}/inputs/rel'] True True {cwd}"
