@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP_QUIET := --quiet --disable-pip-version-check
 
-.PHONY: venv bootstrap images up down status demo test unit integration lint clean
+.PHONY: venv bootstrap images up down status demo test unit integration lint bench clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@echo "==> Creating the project environment in $(VENV) (torch is large: a few minutes the first time)"
@@ -50,6 +50,11 @@ integration: images
 # Unit and integration tests against real Docker and real Azurite (installed and started if needed).
 test: images lint
 	$(BIN)/pytest
+
+# Regenerates the measured part of docs/benchmarks.md (about half an hour; BENCH_ARGS=--quick for less).
+bench: $(STAMP)
+	$(BIN)/aml-sandbox up
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
