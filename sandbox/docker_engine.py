@@ -81,14 +81,14 @@ class DockerEngine:
         image.tag(repository, tag=tag)
 
     def remove_containers(self, labels: dict[str, str]) -> int:
-        """Force-remove every container carrying all ``labels``; return how many were removed."""
+        """Force-remove every container carrying all ``labels``, with its anonymous volumes; return the count."""
         import docker.errors
 
         filters = {"label": [f"{key}={value}" for key, value in labels.items()]}
         removed = 0
         for container in self.client.containers.list(all=True, filters=filters):
             try:
-                container.remove(force=True)
+                container.remove(force=True, v=True)
                 removed += 1
             except docker.errors.NotFound:
                 pass

@@ -47,6 +47,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: Bumped when the way recipes are built changes, so every image is rebuilt once.
 BUILDER_VERSION = "1"
+#: Bumped when only the way Python images are built changes (2: no VOLUME from the build's binds).
+PYTHON_IMAGE_FORMAT = "2"
 HASH_LENGTH = 32
 DEBIAN_SUITE = "bookworm"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
@@ -180,6 +182,7 @@ class PythonImageRecipe(Recipe):
                 "constraints": constraints,
                 "base": self.base.hash,
                 "script": _PYTHON_BUILD_SCRIPT,
+                "format": PYTHON_IMAGE_FORMAT,
             }
         )
 
@@ -374,6 +377,7 @@ class ImageBuilder:
 
     def python_image(self, recipe: PythonImageRecipe) -> Image:
         import docker.errors
+        from docker.types import Mount
 
         base = self.resolve(recipe.base)
         self.fill_wheelhouse(recipe)
@@ -391,10 +395,11 @@ class ImageBuilder:
                 base.reference,
                 command=["bash", "/aml-build/build.sh"],
                 environment=env,
-                volumes={
-                    str(self.settings.wheelhouse): {"bind": "/wheelhouse", "mode": "ro"},
-                    tmp: {"bind": "/aml-build", "mode": "ro"},
-                },
+                # Mounts, not ``volumes=``: docker-py lists ``volumes`` targets in the container's
+                # Config.Volumes, which a commit turns into VOLUME lines, and every container of the
+                # image would then leave two anonymous volumes behind.
+                mounts=[Mount("/wheelhouse", str(self.settings.wheelhouse), type="bind", read_only=True),
+                        Mount("/aml-build", tmp, type="bind", read_only=True)],
                 labels={MANAGED_LABEL: "true", RECIPE_LABEL: f"{recipe.name}-build"},
             )
             try:
@@ -422,7 +427,7 @@ class ImageBuilder:
                 raise ImageBuildError(recipe.reference, str(exc)) from exc
             finally:
                 try:
-                    container.remove(force=True)
+                    container.remove(force=True, v=True)
                 except docker.errors.APIError:
                     pass
         return image

@@ -7,12 +7,14 @@ anything is stored or started.
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from sandbox.local_runner import ARTIFACT_CONTAINER, LocalRunner, artifact_prefix
 from sandbox.run_definition import RunDefinition
@@ -24,6 +26,8 @@ from sandbox.storage import BlobStore
 RUN_ID = re.compile(r"^[A-Za-z0-9][\w\-.]{0,254}$")
 SNAPSHOT_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 MAX_SNAPSHOT_BYTES = 400 * 1024 * 1024
+#: Files are sent in chunks of this size, so a large output never sits whole in the service's memory.
+CHUNK = 1024 * 1024
 
 
 class Services:
@@ -52,23 +56,55 @@ class Services:
         live = self.runner.folder(run_id).list_files()
         return sorted(set(live) | set(record.files or []))
 
-    def read_file(self, run_id: str, name: str, offset: int) -> bytes:
+    def open_file(self, run_id: str, name: str, offset: int = 0, *,
+                  tail: int | None = None) -> tuple[int, int, Iterator[bytes]]:
+        """(start, size, chunks): the file's bytes from ``offset`` (or its last ``tail`` bytes) up to its size now.
+
+        Sent in chunks, never whole in memory. A file of a run that goes on is read from its run folder;
+        the size is taken first, so a log that grows while it is sent is sent up to that size and the
+        next request goes on from there.
+        """
         self.record(run_id)
         path: Path | None = self.runner.folder(run_id).file(name)
         if path is not None:
-            with open(path, "rb") as handle:
-                handle.seek(offset)
-                return handle.read()
+            handle = open(path, "rb")
+            size = os.fstat(handle.fileno()).st_size
+            start = _start(offset, size, tail)
+            return start, size, _file_chunks(handle, start, size)
         from azure.core.exceptions import ResourceNotFoundError
 
         try:
             blob = self.blobs.container(ARTIFACT_CONTAINER).get_blob_client(artifact_prefix(run_id) + name)
             size = blob.get_blob_properties().size
-            if offset >= size:
-                return b""
-            return blob.download_blob(offset=offset).readall()
+            start = _start(offset, size, tail)
+            if start >= size:
+                return size, size, iter(())
+            return start, size, _blob_chunks(blob, start, size)
         except ResourceNotFoundError as exc:
             raise HTTPException(404, f"run {run_id} has no file {name!r}") from exc
+
+
+def _start(offset: int, size: int, tail: int | None) -> int:
+    start = min(offset, size)
+    return max(start, size - tail) if tail is not None else start
+
+
+def _blob_chunks(blob: Any, start: int, end: int) -> Iterator[bytes]:
+    """One ranged GET per chunk (a whole-blob download would read its first 32 MiB at once)."""
+    for offset in range(start, end, CHUNK):
+        yield blob.download_blob(offset=offset, length=min(CHUNK, end - offset)).readall()
+
+
+def _file_chunks(handle: BinaryIO, start: int, end: int) -> Iterator[bytes]:
+    with handle:
+        handle.seek(start)
+        left = end - start
+        while left > 0:
+            chunk = handle.read(min(CHUNK, left))
+            if not chunk:
+                return
+            left -= len(chunk)
+            yield chunk
 
 
 def create_api(services: Services) -> FastAPI:
@@ -175,14 +211,14 @@ def create_api(services: Services) -> FastAPI:
         return {"files": services.files(run_id)}
 
     @app.get("/api/runs/{run_id}/files/{name:path}")
-    def read_file(run_id: str, name: str, offset: int = Query(0, ge=0)) -> Response:
+    def read_file(run_id: str, name: str, offset: int = Query(0, ge=0)) -> StreamingResponse:
         if ".." in name.split("/"):
             raise HTTPException(400, "file names cannot contain '..'")
-        data = services.read_file(run_id, name, offset)
-        record = services.record(run_id)
+        record = services.record(run_id)  # the status before the read: a final status means nothing more comes
+        start, size, chunks = services.open_file(run_id, name, offset)
         media = "text/plain; charset=utf-8" if name.endswith((".txt", ".log", ".json")) else "application/octet-stream"
-        return Response(data, media_type=media, headers={"X-Next-Offset": str(offset + len(data)),
-                                                         "X-Run-Status": str(record.status)})
+        return StreamingResponse(chunks, media_type=media, headers={
+            "Content-Length": str(size - start), "X-Next-Offset": str(size), "X-Run-Status": str(record.status)})
 
     return app
 

@@ -22,6 +22,8 @@ from sandbox.service.api import Services
 from sandbox.service.store import metrics_summary
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
+#: The run page shows the end of a longer driver log (the whole file is a download on the same page).
+PAGE_LOG_BYTES = 2 * 1024 * 1024
 
 
 def _duration(record: Any) -> str:
@@ -75,9 +77,10 @@ def add_pages(app: FastAPI, services: Services) -> None:
         record = services.record(run_id)
         definition = RunDefinition.from_dict(record.definition)
         try:
-            driver_log = services.read_file(run_id, DRIVER_LOG, 0).decode("utf-8", "replace")
+            log_start, log_size, chunks = services.open_file(run_id, DRIVER_LOG, tail=PAGE_LOG_BYTES)
+            driver_log = b"".join(chunks).decode("utf-8", "replace")
         except HTTPException:  # no driver log yet
-            driver_log = ""
+            log_start, log_size, driver_log = 0, 0, ""
         metrics = metrics_summary(services.store.get_metrics(run_id))
         charts = {name: chart(value) for name, value in metrics.items() if isinstance(value, list)}
         return TEMPLATES.TemplateResponse(request, "run.html", {
@@ -86,7 +89,8 @@ def add_pages(app: FastAPI, services: Services) -> None:
             "arguments": definition.display_arguments(),
             "inputs": definition.input_specs,
             "driver_log": driver_log,
-            "log_offset": len(driver_log.encode("utf-8")),
+            "log_offset": log_size,
+            "log_skipped": log_start,
             "metrics": metrics,
             "charts": charts,
             "files": services.files(run_id),

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,6 +26,7 @@ os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")  # Ryuk's image ca
 
 from sandbox.bootstrap import docker_server_version
 from sandbox.config import Settings
+from tests.integration import leftovers
 
 REPO = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "sandbox.cli"]
@@ -44,6 +46,13 @@ def require_docker() -> None:
     if in_ci():
         pytest.fail(f"CI=true: {reason}; integration tests never skip in CI")
     pytest.skip(reason)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Remove what an earlier, killed test session left (its compose stacks and containers)."""
+    if docker_server_version():
+        for item in leftovers.sweep():
+            print(f"removed the leftover {item} of an earlier test session that did not finish", file=sys.stderr)
 
 
 def free_port() -> int:
@@ -73,6 +82,7 @@ class SandboxEnv:
 
     def down(self) -> None:
         self.compose("down", "--volumes", "--remove-orphans", check=False)
+        leftovers.release("project", self.settings.project)
 
 
 def make_sandbox_env(tmp_path: Path, **extra: str) -> SandboxEnv:
@@ -88,6 +98,7 @@ def make_sandbox_env(tmp_path: Path, **extra: str) -> SandboxEnv:
         **extra,
     }
     env.pop("AML_SANDBOX_BLOB_ENDPOINT", None)
+    leftovers.claim("project", env["AML_SANDBOX_PROJECT"])
     return SandboxEnv(env=env, settings=Settings.from_env(env))
 
 
@@ -111,8 +122,8 @@ class AzuriteHandle:
     container: object | None  # testcontainers DockerContainer, when we started it
 
 
-def start_azurite() -> tuple[object, str]:
-    """A throw-away Azurite from the stack's image on a random port, with a real readiness wait."""
+def azurite_container(host_port: int | None = None) -> Any:
+    """A testcontainers Azurite from the stack's image (a random host port unless given), started and claimed."""
     from testcontainers.core.container import DockerContainer
 
     from sandbox import azurite
@@ -120,9 +131,26 @@ def start_azurite() -> tuple[object, str]:
 
     container = (DockerContainer(azurite.IMAGE_ALIAS)
                  .with_command(list(azurite.COMMAND))
-                 .with_exposed_ports(azurite.BLOB_PORT)
                  .with_kwargs(labels={MANAGED_LABEL: "true", "aml-sandbox.test": "true"}, init=True))
+    if host_port:
+        container.with_bind_ports(azurite.BLOB_PORT, host_port)
+    else:
+        container.with_exposed_ports(azurite.BLOB_PORT)
     container.start()
+    leftovers.claim("container", container.get_wrapped_container().id)
+    return container
+
+
+def remove_container(container: Any) -> None:
+    """Remove a testcontainers container with its anonymous volumes (testcontainers' ``stop`` keeps them)."""
+    leftovers.remove("container", container.get_wrapped_container().id)
+
+
+def start_azurite() -> tuple[object, str]:
+    """A throw-away Azurite from the stack's image on a random port, with a real readiness wait."""
+    from sandbox import azurite
+
+    container = azurite_container()
     port = container.get_exposed_port(azurite.BLOB_PORT)
     endpoint = f"http://127.0.0.1:{port}/devstoreaccount1"
     settings = Settings.from_env({"AML_SANDBOX_HOME": "/tmp", "AML_SANDBOX_BLOB_ENDPOINT": endpoint})
@@ -141,7 +169,7 @@ def azurite_endpoint() -> Iterator[str]:
     try:
         yield endpoint
     finally:
-        container.stop()  # type: ignore[attr-defined]
+        remove_container(container)
 
 
 @pytest.fixture

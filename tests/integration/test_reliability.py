@@ -20,7 +20,16 @@ from sandbox import aml
 from sandbox.aml.exceptions import UserErrorException
 from sandbox.config import Settings
 from sandbox.service.auth import read_token
-from tests.integration.conftest import SandboxEnv, free_port, run_containers
+from tests.integration import leftovers
+from tests.integration.conftest import (
+    SandboxEnv,
+    azurite_container,
+    free_port,
+    inspect,
+    remove_container,
+    require_docker,
+    run_containers,
+)
 from tests.integration.helpers import driver_log, page, submit, wait_for_status, write_script
 
 
@@ -122,16 +131,10 @@ def test_a_1_gib_upload_is_streamed_and_memory_stays_flat(local_workspace: Setti
 @pytest.mark.local_only
 def test_azurite_killed_mid_upload_reports_clearly_and_a_rerun_completes_the_set(tmp_path: Path) -> None:
     """A dedicated Azurite (fixed port, so a restart keeps it), killed while 200 files go up."""
-    from testcontainers.core.container import DockerContainer
-
     from sandbox import azurite
-    from sandbox.docker_engine import MANAGED_LABEL
 
     port = free_port()
-    container = (DockerContainer(azurite.IMAGE_ALIAS).with_command(list(azurite.COMMAND))
-                 .with_bind_ports(azurite.BLOB_PORT, port)
-                 .with_kwargs(labels={MANAGED_LABEL: "true", "aml-sandbox.test": "true"}, init=True))
-    container.start()
+    container = azurite_container(port)
     try:
         env = {**os.environ, "AML_SANDBOX_HOME": str(tmp_path / "home"),
                "AML_SANDBOX_BLOB_ENDPOINT": f"http://127.0.0.1:{port}/devstoreaccount1"}
@@ -192,7 +195,7 @@ def test_azurite_killed_mid_upload_reports_clearly_and_a_rerun_completes_the_set
         for name in list(digests)[::37]:
             assert hashlib.sha256(box.download_blob(name).readall()).hexdigest() == digests[name]
     finally:
-        container.stop()
+        remove_container(container)
 
 
 # -- submit and run -----------------------------------------------------------------------------------
@@ -332,6 +335,7 @@ def test_the_account_key_and_the_token_appear_nowhere_a_user_looks(
 
 @pytest.mark.local_only
 def test_nothing_is_left_behind_after_runs(workspace_env: SandboxEnv, stack: SandboxEnv, tmp_path: Path) -> None:
+    volumes_before = _volumes()
     write_script(tmp_path / "src", "ok.py", "print('ok')\n")
     run = submit(tmp_path / "src", "ok.py")
     wait_for_status(run, {"Completed", "Failed", "Canceled"})
@@ -349,3 +353,29 @@ def test_nothing_is_left_behind_after_runs(workspace_env: SandboxEnv, stack: San
     assert not list((workspace_env.settings.home / "tmp").glob("*")), "temporary snapshot archives left behind"
     mounts = Path("/proc/mounts").read_text()
     assert str(stack.settings.home) not in mounts, "a mount of the state folder is left on the host"
+    new_volumes = _volumes() - volumes_before
+    assert not new_volumes, f"Docker volumes left behind by a run: {sorted(new_volumes)}"
+
+
+def _volumes() -> set[str]:
+    listing = subprocess.run(["docker", "volume", "ls", "-q"], capture_output=True, text=True, check=True)
+    return set(listing.stdout.split())
+
+
+@pytest.mark.local_only
+def test_what_a_killed_test_session_left_is_removed_by_the_next_session() -> None:
+    """A container claimed by a session that died (here: a finished process) goes, with its anonymous volume."""
+    require_docker()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    command = ["docker", "run", "-d", "-v", "/scratch", "--label", "aml-sandbox.test=true",
+               "aml-sandbox/debian:bookworm", "sleep", "300"]
+    created = subprocess.run(command, capture_output=True, text=True, check=True)
+    container = created.stdout.strip()
+    volume = inspect(container)["Mounts"][0]["Name"]
+    leftovers.claim("container", container, pid=int(dead.stdout))
+    try:
+        assert f"container {container}" in leftovers.sweep()
+        assert subprocess.run(["docker", "inspect", container], capture_output=True).returncode != 0
+        assert volume not in _volumes(), "the container's anonymous volume was left behind"
+    finally:
+        leftovers.remove("container", container)

@@ -267,7 +267,9 @@ def test_a_new_environment_is_built_once_with_its_build_log_and_reused(
     build_log = first._client.read_file(first.id, "azureml-logs/20_image_build_log.txt")[0].decode()
     assert "Successfully installed six-1.17.0" in build_log
     assert "six 1.17.0 python 3.11" in driver_log(first) and marker in driver_log(first)
-    image_id = engine.get_image(recipe.reference).id
+    image = engine.get_image(recipe.reference)
+    image_id = image.id
+    assert not image.attrs["Config"].get("Volumes"), "the image declares volumes: each run would leave them behind"
 
     second = run_once()
     assert "Building the image" not in capsys.readouterr().out

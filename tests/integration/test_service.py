@@ -225,3 +225,57 @@ def test_a_run_whose_image_is_missing_fails_naming_the_command_that_builds_it(
     details = run.wait_for_completion(raise_on_error=False)
     assert details["status"] == "Failed"
     assert "aml-sandbox images build" in details["error"]["error"]["message"]
+
+
+BIG_OUTPUT = """
+    import os
+    os.makedirs("outputs", exist_ok=True)
+    for i in range(40000):  # a driver log of about 3 MB
+        print(f"line {i:05d} " + "x" * 60)
+    block = os.urandom(1024 * 1024)
+    with open("outputs/big.bin", "wb") as handle:
+        for _ in range(400):
+            handle.write(block)
+    print("the end")
+    """
+
+
+@pytest.mark.local_only
+def test_large_files_and_long_logs_are_streamed_not_held_in_memory(
+        workspace_env: SandboxEnv, stack: SandboxEnv, tmp_path: Path, no_leftover_containers: None) -> None:
+    """A 400 MiB output downloads whole while the service's peak memory stays flat; the page shows a long log's end."""
+    write_script(tmp_path / "src", "big.py", BIG_OUTPUT)
+    run = submit(tmp_path / "src", "big.py")
+    assert run.wait_for_completion()["status"] == "Completed"
+    pid = _service_pid(stack)
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # resets the process's peak RSS (VmHWM) to its RSS now
+    before = _memory_kib(pid, "VmRSS")
+    run.download_file("outputs/big.bin", str(tmp_path / "big.bin"))
+    assert (tmp_path / "big.bin").stat().st_size == 400 * 1024 * 1024
+    peak = _memory_kib(pid, "VmHWM")
+    print(f"the service's peak memory grew by {(peak - before) / 1024:.1f} MiB while sending a 400 MiB file")
+    assert peak - before < 64 * 1024, f"the service's memory grew by {(peak - before) // 1024} MiB for a 400 MiB file"
+
+    html = page(run.get_portal_url())
+    assert "the end" in html and "line 39999" in html
+    assert "line 00000 " not in html, "the page holds the whole 3 MB log"
+    assert "bytes are not shown here" in html
+    full_log = driver_log(run)
+    assert "line 00000 " in full_log and "the end" in full_log, "the downloadable driver log is whole"
+
+
+def _service_pid(stack: SandboxEnv) -> int:
+    """The host pid of the workspace service's Python process."""
+    container = f"{stack.settings.project}-workspace-1"
+    listing = subprocess.run(["docker", "top", container, "-eo", "pid,args"], capture_output=True, text=True,
+                             check=True).stdout.splitlines()[1:]
+    pids = [int(line.split()[0]) for line in listing if line.split()[1] == "python" and "sandbox.service" in line]
+    assert len(pids) == 1, listing
+    return pids[0]
+
+
+def _memory_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"{field} not in /proc/{pid}/status")
