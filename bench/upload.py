@@ -77,6 +77,11 @@ class CpuMeter:
         return azurite, own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
+LATENCY_NOTE = ("The sequential loop and the CLI wait for each blob's round trip, so they slow down more than the "
+                "concurrent uploads when the shared machine is busy: the CLI ratio moves between runs (1.57x in a run "
+                "on 2026-11-26 15:54 UTC, when the CLI reached 123 files/s).")
+
+
 def make_small_files(ctx: Context, count: int) -> Path:
     folder = ctx.mkdtemp("small-")
     per_folder = 100
@@ -249,6 +254,13 @@ def run(ctx: Context) -> Section:
         section.samples[f"1{key} facade: Azurite CPU ms per blob"] = [round(a * 1000, 2) for a, _ in cpu]
         section.samples[f"1{key} facade: client CPU ms per blob"] = [round(c * 1000, 2) for _, c in cpu]
         azurite_cpu, client_cpu = median([a for a, _ in cpu]), median([c for _, c in cpu])
+        cpu_note = ""
+        if key == "b":
+            cpu_note = CPU_NOTE.format(
+                azurite=azurite_cpu * 1000, client=client_cpu * 1000, total=(azurite_cpu + client_cpu) * 1000,
+                ceiling=2 / (azurite_cpu + client_cpu), azurite_max=1 / azurite_cpu,
+                wanted=2 * uploader.count / median(samples["az CLI"]))
+            section.notes.append(f"1b: {cpu_note}{LATENCY_NOTE}")
         facade = median(samples["facade"])
         refs = {name: median(values) for name, values in samples.items() if name != "facade"}
         best_name = min(refs, key=lambda n: refs[n])
@@ -263,10 +275,6 @@ def run(ctx: Context) -> Section:
             elif key == "b" and name == "az CLI":
                 target, met = ">= 2x", ratio >= 2.0
                 if not met:
-                    cpu_note = CPU_NOTE.format(
-                        azurite=azurite_cpu * 1000, client=client_cpu * 1000,
-                        total=(azurite_cpu + client_cpu) * 1000, ceiling=2 / (azurite_cpu + client_cpu),
-                        azurite_max=1 / azurite_cpu, wanted=2 * uploader.count / seconds)
                     note = AZ_NOTE.format(pool=refs["tuned pool"] / facade, seq=refs["sequential"] / facade,
                                           az_seq=refs["sequential"] / seconds, cpu=cpu_note)
             reference = f"{name}{' (' + tuned.describe() + ')' if name == 'tuned pool' else ''}: " \
