@@ -79,7 +79,8 @@ class Services:
             start = _start(offset, size, tail)
             if start >= size:
                 return size, size, iter(())
-            return start, size, _blob_chunks(blob, start, size)
+            # The store's client reads in GET_SIZE ranges, so chunks() holds one range at a time.
+            return start, size, blob.download_blob(offset=start, length=size - start).chunks()
         except ResourceNotFoundError as exc:
             raise HTTPException(404, f"run {run_id} has no file {name!r}") from exc
 
@@ -87,12 +88,6 @@ class Services:
 def _start(offset: int, size: int, tail: int | None) -> int:
     start = min(offset, size)
     return max(start, size - tail) if tail is not None else start
-
-
-def _blob_chunks(blob: Any, start: int, end: int) -> Iterator[bytes]:
-    """One ranged GET per chunk (a whole-blob download would read its first 32 MiB at once)."""
-    for offset in range(start, end, CHUNK):
-        yield blob.download_blob(offset=offset, length=min(CHUNK, end - offset)).readall()
 
 
 def _file_chunks(handle: BinaryIO, start: int, end: int) -> Iterator[bytes]:

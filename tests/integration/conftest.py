@@ -82,6 +82,7 @@ class SandboxEnv:
 
     def down(self) -> None:
         self.compose("down", "--volumes", "--remove-orphans", check=False)
+        leftovers.remove_run_containers(self.settings.project)
         leftovers.release("project", self.settings.project)
 
 
@@ -207,9 +208,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxEnv]:
         yield sandbox
     finally:
         sandbox.down()
-        leftovers = run_containers(sandbox.settings.project)
-        for container in leftovers:
-            subprocess.run(["docker", "rm", "-f", container], capture_output=True, check=False)
 
 
 def run_containers(project: str) -> list[str]:

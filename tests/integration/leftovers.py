@@ -34,13 +34,19 @@ def remove(kind: str, name: str) -> None:
     if kind == "project":
         subprocess.run(["docker", "compose", "-p", name, "down", "--volumes", "--remove-orphans"],
                        capture_output=True, timeout=300, check=False)
-        runs = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=aml-sandbox.project={name}"],
-                              capture_output=True, text=True, check=False).stdout.split()
-        if runs:
-            subprocess.run(["docker", "rm", "-f", "-v", *runs], capture_output=True, check=False)
+        remove_run_containers(name)
     else:
         subprocess.run(["docker", "rm", "-f", "-v", name], capture_output=True, check=False)
     release(kind, name)
+
+
+def remove_run_containers(project: str) -> list[str]:
+    """Remove the run containers of a stack (with their volumes); return their ids."""
+    runs = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=aml-sandbox.project={project}"],
+                          capture_output=True, text=True, check=False).stdout.split()
+    if runs:
+        subprocess.run(["docker", "rm", "-f", "-v", *runs], capture_output=True, check=False)
+    return runs
 
 
 def _alive(pid: int) -> bool:
