@@ -67,11 +67,11 @@ def _cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     from sandbox.service.client import ServiceClient
     from sandbox.stack import Stack
 
+    ensure_token(settings.home)  # first: an empty or short token is refused before anything starts
     ensure_docker()
     console.step("Resolving the stack's images")
     _build_images(settings, allow_pull=not args.no_pull, include_environments=False)
     settings.write_stack_file()
-    ensure_token(settings.home)
     console.step(f"docker compose up (project {settings.project})")
     Stack(settings).up()
     console.step("Waiting for Azurite to answer a real request")
@@ -94,8 +94,8 @@ def _print_endpoints(settings: Settings, *, show_secrets: bool) -> None:
 
 
 def _cmd_down(args: argparse.Namespace, settings: Settings) -> int:
+    from sandbox.container_spec import PROJECT_LABEL, RUN_ID_LABEL
     from sandbox.docker_engine import DockerEngine
-    from sandbox.local_runner import PROJECT_LABEL, RUN_ID_LABEL
     from sandbox.stack import Stack
 
     console.step("docker compose down" + (" --volumes (all data and run history are deleted)"

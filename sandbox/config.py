@@ -108,6 +108,8 @@ class Settings:
     bind_host: str = "127.0.0.1"
     azurite_port: int = 10000
     service_port: int = 8790
+    #: The stack's HTTPS proxy (TLS terminated for *.blob.core.windows.net, other hosts tunnelled).
+    proxy_port: int = 8791
     #: Overrides the blob endpoint (inside the compose network it is http://azurite:10000/<account>).
     blob_endpoint_override: str | None = None
     account_name: str = AZURITE_ACCOUNT_NAME
@@ -135,6 +137,7 @@ class Settings:
             project=env.get("AML_SANDBOX_PROJECT") or stored.get("project", settings.project),
             azurite_port=_env_int(env, "AML_SANDBOX_AZURITE_PORT", stored.get("azurite_port", 10000)),
             service_port=_env_int(env, "AML_SANDBOX_SERVICE_PORT", stored.get("service_port", 8790)),
+            proxy_port=_env_int(env, "AML_SANDBOX_PROXY_PORT", stored.get("proxy_port", 8791)),
             blob_endpoint_override=env.get("AML_SANDBOX_BLOB_ENDPOINT") or None,
         )
         compute = env.get("AML_SANDBOX_COMPUTE_TARGETS") or stored.get("compute_targets")
@@ -197,6 +200,7 @@ class Settings:
             "AML_SANDBOX_HOME": str(self.home),
             "AML_SANDBOX_AZURITE_PORT": str(self.azurite_port),
             "AML_SANDBOX_SERVICE_PORT": str(self.service_port),
+            "AML_SANDBOX_PROXY_PORT": str(self.proxy_port),
             "AML_SANDBOX_COMPUTE_TARGETS": self.compute_targets_spec,
             "AML_SANDBOX_PROJECT": self.project,
         }
@@ -211,7 +215,7 @@ class Settings:
         data = {
             key: value
             for key, value in asdict(self).items()
-            if key in {"project", "azurite_port", "service_port", "subscription_id", "resource_group",
+            if key in {"project", "azurite_port", "service_port", "proxy_port", "subscription_id", "resource_group",
                        "workspace_name"}
         }
         data["compute_targets"] = self.compute_targets_spec

@@ -8,6 +8,7 @@
     ├── BootstrapError                installing or starting Docker failed (says what to do)
     ├── ImageError                    an image could not be resolved
     │   ├── ImageBuildError           an offline build failed (image, log_tail)
+    │   ├── EnvironmentMappingError   a dependency entry has no pip form (entry, reason); also a ValueError
     │   └── ImageNotFoundError        an image is missing where it cannot be built (the command that builds it)
     ├── StackError                    docker compose failed (command, output)
     ├── StorageUnavailableError       Azurite does not answer (endpoint, hint)
@@ -43,6 +44,15 @@ class BootstrapError(SandboxError):
 
 class ImageError(SandboxError):
     """An image could not be resolved."""
+
+
+class EnvironmentMappingError(ImageError, ValueError):
+    """An environment's dependency entry cannot be turned into a pip requirement (``entry``, ``reason``)."""
+
+    def __init__(self, entry: str, reason: str, fix: str) -> None:
+        self.entry = entry
+        self.reason = reason
+        super().__init__(f"The environment's dependency {entry!r} {reason}. {fix}")
 
 
 class ImageBuildError(ImageError):

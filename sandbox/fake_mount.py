@@ -95,9 +95,6 @@ class MountSpec:
     single_file: bool
     dataset_str: str
 
-    def to_docker_volume(self) -> tuple[str, dict[str, str]]:
-        return self.host_path, {"bind": self.mount_point, "mode": "ro" if self.read_only else "rw"}
-
     def to_runtime(self) -> dict[str, Any]:
         return {"name": self.name, "mode": self.mode, "path": self.value, "mount_point": self.mount_point,
                 "single_file": self.single_file, "dataset_str": self.dataset_str}
@@ -235,10 +232,12 @@ def dataset_environment_vars(mounts: list[MountSpec]) -> str:
 
 def own_for_run(path: Path, uid: int = 1000, gid: int = 1000) -> None:
     """Give a folder to the run's non-root user (or make it writable when we cannot chown)."""
-    for root, dirs, files in os.walk(path):
+    for root, dirs, files in os.walk(path):  # links are neither followed nor changed
         for item in [root, *(os.path.join(root, d) for d in dirs), *(os.path.join(root, f) for f in files)]:
+            if os.path.islink(item):
+                continue
             try:
-                os.chown(item, uid, gid)
+                os.chown(item, uid, gid, follow_symlinks=False)
             except PermissionError:
                 os.chmod(item, 0o777 if os.path.isdir(item) else 0o666)
 

@@ -22,113 +22,43 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sandbox.config import ComputeDefinition, Settings
-from sandbox.docker_engine import MANAGED_LABEL, DockerEngine
+from sandbox.container_spec import RUN_ID_LABEL, run_container_spec, working_directory
+from sandbox.docker_engine import DockerEngine
 from sandbox.errors import ImageNotFoundError
-from sandbox.fake_mount import (
-    DatasetCache,
-    Materialized,
-    MountSpec,
-    dataset_environment_vars,
-    own_for_run,
-    plan_mount,
-)
-from sandbox.images import BUILD_COMMAND_HINT
-from sandbox.run_definition import RunDefinition, RunStatus
+from sandbox.fake_mount import DatasetCache, Materialized, MountSpec, own_for_run, plan_mount
+from sandbox.image_builder import BUILD_COMMAND_HINT
+from sandbox.run_definition import RunDefinition
+from sandbox.run_folder import DRIVER_LOG, IMAGE_BUILD_LOG, RunFolder, skipped_notes
+from sandbox.run_history import HistoryFollower
+from sandbox.run_outcome import RunOutcome, classify
 from sandbox.snapshot import extract
-from sandbox.storage import BlobStore, Transfer
+from sandbox.storage import BlobStore, Transfer, TransferResult
 
 if TYPE_CHECKING:  # pragma: no cover
     from docker.models.containers import Container
 
-RUN_ID_LABEL = "aml-sandbox.run-id"
-EXPERIMENT_LABEL = "aml-sandbox.experiment"
-PROJECT_LABEL = "aml-sandbox.project"
 RUNTIME_SOURCE = Path(__file__).resolve().parent / "runtime"
 RUNTIME_PACKAGE = "aml_sandbox_runtime"
-SETUP_MOUNT = "/azureml-setup"
-CONTROL_MOUNT = "/azureml-run"
 ARTIFACT_CONTAINER = "azureml"
-DRIVER_LOG = "azureml-logs/70_driver_log.txt"
-IMAGE_BUILD_LOG = "azureml-logs/20_image_build_log.txt"
-RUN_UID = 1000
-DRIVER_COMMAND = ("import sys; sys.path.insert(0, '/azureml-setup'); "
-                  "from aml_sandbox_runtime.driver import main; sys.exit(main())")
 STOP_TIMEOUT = 10
+#: What one run may write into its folders: the temporary disk of a STANDARD_D2_V2 node. No quota bounds a
+#: bind mount on overlay2 over ext4, so the service measures the folders while the run goes and stops it.
+#: Attempts at storing a run's files: a connection that Azurite closed just as a request reused it is not
+#: retried by the storage client (reads are never retried there), so finalize sends the failed ones again.
+FINALIZE_ATTEMPTS = 2
+MAX_RUN_BYTES = 100 * 1024**3
+#: Free space the service keeps on the disk of its state folder: a run is stopped below it.
+MIN_FREE_BYTES = 2 * 1024**3
+#: Seconds between two measures of a run folder (the free space is checked at every poll).
+DISK_CHECK_SECONDS = 10.0
 
 
 def artifact_prefix(run_id: str) -> str:
     return f"ExperimentRun/dcid.{run_id}/"
-
-
-def working_directory(definition: RunDefinition) -> str:
-    """Azure's legacy working directory on the node (PARITY.md 7)."""
-    return (f"/mnt/batch/tasks/shared/LS_root/jobs/{definition.workspace['name']}/azureml/{definition.run_id}"
-            f"/mounts/workspaceblobstore/azureml/{definition.run_id}")
-
-
-@dataclass(frozen=True)
-class RunFolder:
-    """``<state>/runs/<run_id>``: what the run container sees of the host."""
-
-    root: Path
-
-    @property
-    def wd(self) -> Path:
-        return self.root / "wd"
-
-    @property
-    def control(self) -> Path:
-        return self.root / "control"
-
-    @property
-    def setup(self) -> Path:
-        return self.root / "setup"
-
-    @property
-    def inputs(self) -> Path:
-        return self.root / "inputs"
-
-    @property
-    def history(self) -> Path:
-        return self.control / "history.jsonl"
-
-    @property
-    def driver_log(self) -> Path:
-        return self.control / DRIVER_LOG
-
-    def file(self, name: str) -> Path | None:
-        """A run file while the run goes (``azureml-logs/...`` in control, ``outputs/...`` in wd)."""
-        name = name.lstrip("/")
-        if ".." in PurePosixPath(name).parts:
-            return None
-        for base in (self.control, self.wd, self.control / "artifacts"):
-            candidate = base / name
-            if candidate.is_file():
-                return candidate
-        return None
-
-    def list_files(self) -> list[str]:
-        names = set()
-        for base, prefixes in ((self.control, ("azureml-logs/",)), (self.wd, ("outputs/", "logs/")),
-                               (self.control / "artifacts", ("",))):
-            if not base.is_dir():
-                continue
-            for path in base.rglob("*"):
-                rel = path.relative_to(base).as_posix()
-                if path.is_file() and rel.startswith(prefixes):
-                    names.add(rel)
-        return sorted(names)
-
-
-@dataclass
-class RunOutcome:
-    status: RunStatus
-    exit_code: int | None = None
-    error: dict[str, Any] | None = None
 
 
 @dataclass
@@ -145,39 +75,16 @@ class StartedRun:
             item.release()
 
 
-class HistoryFollower:
-    """Reads new complete lines of ``history.jsonl`` since the last call."""
-
-    def __init__(self, path: Path, offset: int = 0) -> None:
-        self.path = path
-        self.offset = offset
-
-    def read_new(self) -> list[dict[str, Any]]:
-        if not self.path.exists():
-            return []
-        with open(self.path, "rb") as handle:
-            handle.seek(self.offset)
-            data = handle.read()
-        end = data.rfind(b"\n")
-        if end < 0:
-            return []
-        self.offset += end + 1
-        records = []
-        for line in data[: end + 1].splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        return records
-
-
 class LocalRunner:
     """Executes runs in containers; one instance per service, no global state."""
 
-    def __init__(self, engine: DockerEngine, store: BlobStore, settings: Settings) -> None:
+    def __init__(self, engine: DockerEngine, store: BlobStore, settings: Settings, *,
+                 max_run_bytes: int = MAX_RUN_BYTES, min_free_bytes: int = MIN_FREE_BYTES) -> None:
         self.engine = engine
         self.store = store
         self.settings = settings
+        self.max_run_bytes = max_run_bytes
+        self.min_free_bytes = min_free_bytes
         self.cache = DatasetCache(store, settings.home / "cache" / "datasets")
 
     def folder(self, run_id: str) -> RunFolder:
@@ -246,96 +153,55 @@ class LocalRunner:
             "portal_url": f"{self.settings.service_url}{definition.portal_path}",
             "cleanup_timeout": 300.0,
         }
-        path = folder.control / "spec.json"
-        path.write_text(json.dumps(spec, indent=2), encoding="utf-8")
-        os.chmod(path, 0o644)
+        # Written before the container exists, into a folder made a moment ago: created, never followed.
+        fd = os.open(folder.control / "spec.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(spec, indent=2))
 
     def _create_container(self, definition: RunDefinition, folder: RunFolder, compute: ComputeDefinition,
                           mounts: list[MountSpec], direct: dict[str, str]) -> Container:
-        ws = definition.workspace
-        env = {
-            "AZUREML_RUN_ID": definition.run_id,
-            "AZUREML_ARM_SUBSCRIPTION": ws["subscription_id"],
-            "AZUREML_ARM_RESOURCEGROUP": ws["resource_group"],
-            "AZUREML_ARM_WORKSPACE_NAME": ws["name"],
-            "AZUREML_ARM_PROJECT_NAME": definition.experiment,
-            "AZUREML_WORKSPACE_ID": ws.get("id", ""),
-            "AZUREML_TARGET_TYPE": "amlcompute" if definition.compute_target != "local" else "local",
-            "AZUREML_DATASET_ENVIRONMENT_VARS": dataset_environment_vars(mounts) + "".join(
-                f",{name}:direct" for name in direct).lstrip(","),
-            "AML_SANDBOX_CONTROL_DIR": CONTROL_MOUNT,
-            "PYTHONUNBUFFERED": "1",
-            "HOME": "/tmp",
-            **{str(k): str(v) for k, v in (definition.environment.get("environmentVariables") or {}).items()},
-            **definition.environment_variables,
-        }
-        for mount in mounts:
-            env.update(mount.environment())
-        env.update({name: dataset_id for name, dataset_id in direct.items()})
-        volumes = {
-            str(folder.setup): {"bind": SETUP_MOUNT, "mode": "ro"},
-            str(folder.control): {"bind": CONTROL_MOUNT, "mode": "rw"},
-            str(folder.wd): {"bind": working_directory(definition), "mode": "rw"},
-        }
-        for mount in mounts:
-            host, bind = mount.to_docker_volume()
-            volumes[host] = bind
         info = self.engine.info()
-        host_memory = info.get("MemTotal") or compute.memory_bytes
-        host_cpus = info.get("NCPU") or compute.cores
-        labels = {
-            MANAGED_LABEL: "true",
-            RUN_ID_LABEL: definition.run_id,
-            EXPERIMENT_LABEL: definition.experiment,
-            PROJECT_LABEL: self.settings.project,
-        }
-        return self.engine.client.containers.create(
-            definition.image,
-            command=[definition.interpreter, "-c", DRIVER_COMMAND],
-            name=f"aml-run-{definition.run_id}",
-            user=f"{RUN_UID}:{RUN_UID}",
-            working_dir=working_directory(definition),
-            environment=env,
-            volumes=volumes,
-            labels=labels,
-            mem_limit=min(compute.memory_bytes, int(host_memory)),
-            memswap_limit=min(compute.memory_bytes, int(host_memory)),
-            nano_cpus=int(min(compute.cores, host_cpus) * 1e9),
-            shm_size=definition.shm_size or "2g",
-            cap_drop=["ALL"],
-            security_opt=["no-new-privileges"],
-            init=True,
-            detach=True,
-        )
+        spec = run_container_spec(definition, folder, compute, mounts, direct, self.settings,
+                                  host_memory=int(info.get("MemTotal") or compute.memory_bytes),
+                                  host_cpus=float(info.get("NCPU") or compute.cores))
+        return self.engine.client.containers.create(**spec.to_create_kwargs())
 
     def wait(self, started: StartedRun, *, cancel: threading.Event,
              on_history: Callable[[list[dict[str, Any]]], None],
              follower: HistoryFollower | None = None) -> RunOutcome:
-        """Follow the run until its container exits; apply cancel and max_run_duration_seconds."""
+        """Follow the run until its container exits; apply cancel, max_run_duration_seconds and the disk bounds."""
         import docker.errors
         import requests.exceptions
 
-        follower = follower or HistoryFollower(started.folder.history)
+        follower = follower or HistoryFollower(started.folder)
         container = started.container
         deadline = None
         if started.definition.max_run_duration_seconds:
             deadline = time.monotonic() + started.definition.max_run_duration_seconds
         errors: list[dict[str, Any]] = []
         stop_reason: str | None = None
+        stop_message: str | None = None
         exit_code: int | None = None
+        next_measure = 0.0
 
-        def pump() -> None:
-            records = follower.read_new()
+        def pump(records: list[dict[str, Any]]) -> None:
             errors.extend(r for r in records if r.get("kind") == "error")
             if records:
                 on_history(records)
 
         while exit_code is None:
-            pump()
+            pump(follower.read_new())
             if stop_reason is None and cancel.is_set():
                 stop_reason = "canceled"
             if stop_reason is None and deadline is not None and time.monotonic() > deadline:
                 stop_reason = "timeout"
+            if stop_reason is None:
+                measure = time.monotonic() >= next_measure
+                if measure:
+                    next_measure = time.monotonic() + DISK_CHECK_SECONDS
+                stop_message = self._over_disk_bounds(started.folder, measure=measure)
+                if stop_message:
+                    stop_reason = "disk"
             if stop_reason is not None:
                 try:
                     container.stop(timeout=STOP_TIMEOUT)
@@ -348,7 +214,8 @@ class LocalRunner:
                 continue
             except docker.errors.NotFound:
                 exit_code = -1
-        pump()
+        for records in follower.batches():
+            pump(records)
         oom = False
         try:
             container.reload()
@@ -356,56 +223,31 @@ class LocalRunner:
         except docker.errors.NotFound:
             pass
         return self.classify(started.definition, started.folder, started.compute, exit_code, oom, stop_reason,
-                             errors)
+                             errors, stop_message=stop_message)
 
-    def classify(self, definition: RunDefinition, folder: RunFolder, compute: ComputeDefinition, exit_code: int,
-                 oom: bool, stop_reason: str | None, errors: list[dict[str, Any]]) -> RunOutcome:
-        """The final status and error of a run from how its container ended and what the script recorded."""
-        if stop_reason == "canceled":
-            self._append_driver_log(folder, "The run was canceled. Finalizing run...")
-            return RunOutcome(RunStatus.CANCELED, exit_code,
-                              {"code": "UserError", "message": "The run was canceled by the user."})
-        if stop_reason == "timeout":
-            message = (f"The run exceeded max_run_duration_seconds={definition.max_run_duration_seconds} and was "
-                       "stopped.")
-            self._append_driver_log(folder, message)
-            return RunOutcome(RunStatus.FAILED, exit_code, {"code": "UserError", "message": message})
-        if oom:
-            limit = compute.memory_bytes / 1024**3
-            message = (f"The run was killed because it ran out of memory: it exceeded the {limit:g} GiB memory "
-                       f"limit of compute target '{compute.name}' ({compute.vm_size}), exit code "
-                       f"{exit_code} (OOMKilled). Use less memory or a compute target with a larger VM size.")
-            self._append_driver_log(folder, message)
-            return RunOutcome(RunStatus.FAILED, exit_code, {"code": "UserError", "message": message,
-                                                              "type": "OutOfMemory"})
-        explicit = [e for e in errors if e.get("explicit")]
-        if exit_code == 0 and not explicit:
-            return RunOutcome(RunStatus.COMPLETED, 0)
-        error = (errors or [{}])[-1]
-        if error.get("type") == "DatasetMountValidationException":
-            message = f"Dataset initialization failed: DatasetMountValidationException: {error['message']}"
-        elif error.get("type"):
-            message = f"User program failed with {error['type']}: {error.get('message', '')}"
-        elif error.get("explicit"):
-            message = error.get("message", "The run was marked as failed")
-        elif exit_code in (137, 143, -1):
-            message = (f"The run's container was stopped from outside (exit code {exit_code}) before the script "
-                       "finished.")
-            self._append_driver_log(folder, message)
-        else:
-            message = f"User program failed with exit code {exit_code}"
-        details = {"code": error.get("code", "UserError"), "message": message}
-        if error.get("type"):
-            details["type"] = error["type"]
-        if error.get("traceback"):
-            details["traceback"] = error["traceback"]
-        return RunOutcome(RunStatus.FAILED, exit_code, details)
+    def _over_disk_bounds(self, folder: RunFolder, *, measure: bool) -> str | None:
+        """Why the run must stop for what it wrote (None when it may go on)."""
+        free = shutil.disk_usage(folder.root).free
+        if free < self.min_free_bytes:
+            return (f"The run was stopped: the disk of the sandbox's state folder has {free / 1024**3:.1f} GiB free, "
+                    f"below the {self.min_free_bytes / 1024**3:g} GiB the sandbox keeps free (this run's folders "
+                    f"hold {folder.disk_usage() / 1024**3:.1f} GiB). Write less, or free space on that disk.")
+        if measure and (used := folder.disk_usage()) > self.max_run_bytes:
+            return (f"The run was stopped: its folders (the working directory with outputs/ and logs/, and "
+                    f"uploaded files) hold {used / 1024**3:.1f} GiB, over the limit of "
+                    f"{self.max_run_bytes / 1024**3:g} GiB per run (a STANDARD_D2_V2 node's temporary disk). "
+                    "Write less into them.")
+        return None
 
     @staticmethod
-    def _append_driver_log(folder: RunFolder, message: str) -> None:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
-        with open(folder.driver_log, "a", encoding="utf-8") as log:
-            log.write(f"[{stamp}] {message}\n")
+    def classify(definition: RunDefinition, folder: RunFolder, compute: ComputeDefinition, exit_code: int,
+                 oom: bool, stop_reason: str | None, errors: list[dict[str, Any]], *,
+                 stop_message: str | None = None) -> RunOutcome:
+        """:func:`sandbox.run_outcome.classify`, with its line added to the driver log (in the service's notes)."""
+        outcome = classify(definition, compute, exit_code, oom, stop_reason, errors, stop_message=stop_message)
+        if outcome.note:
+            folder.note(outcome.note)
+        return outcome
 
     # -- containers --------------------------------------------------------------------------
 
@@ -419,22 +261,37 @@ class LocalRunner:
     # -- Finalizing --------------------------------------------------------------------------
 
     def finalize(self, definition: RunDefinition, folder: RunFolder) -> list[str]:
-        """Store the run's files in Azurite; return their names. The run folder is removed afterwards."""
+        """Store the run's regular files in Azurite; return their names. The run folder is removed afterwards.
+
+        Call it once the container is removed: nothing changes the folder any more, so the files the scan
+        found (every folder on the way real, no link followed) are the files uploaded. Links, FIFOs and the
+        like are skipped, each with a line in the driver log; the driver log is stored with the service's
+        lines after the run's.
+        """
+        folder.seal()
+        scan = folder.scan()
+        for line in skipped_notes(scan.skipped):
+            folder.note(line)
+        merged = folder.merged_driver_log()
+        if merged is not None:
+            scan.files[DRIVER_LOG] = merged
         self.store.ensure_container(ARTIFACT_CONTAINER)
         prefix = artifact_prefix(definition.run_id)
-        names = folder.list_files()
-        transfers = [Transfer(str(folder.file(name)), prefix + name) for name in names if folder.file(name)]
-        failed = [r for r in self.store.upload(ARTIFACT_CONTAINER, transfers, overwrite=True,
-                                               content_types=_content_type) if not r.ok]
+        transfers = [Transfer(str(path), prefix + name) for name, path in sorted(scan.files.items())]
+        failed: list[TransferResult] = []
+        for _attempt in range(FINALIZE_ATTEMPTS):  # overwrite=True: sending a file again is harmless
+            failed = [r for r in self.store.upload(ARTIFACT_CONTAINER, transfers, overwrite=True,
+                                                   content_types=_content_type) if not r.ok]
+            if not failed:
+                break
+            transfers = [r.transfer for r in failed]
         if failed:
             raise OSError(f"storing {len(failed)} run files in Azurite failed, e.g. {failed[0].transfer.blob}: "
                           f"{failed[0].error}")
-        return names
+        return sorted(scan.files)
 
     def cleanup(self, run_id: str) -> None:
-        folder = self.folder(run_id)
-        if folder.root.exists():
-            shutil.rmtree(folder.root, ignore_errors=True)
+        self.folder(run_id).remove()
 
 
 def _content_type(blob: str) -> str | None:

@@ -158,6 +158,8 @@ class _Submission:
             interpreter=interpreter,
             snapshot_id=snap.snapshot_id,
             inputs=inputs,
+            environment_variables={str(k): str(v) for k, v in
+                                   (config.run_config.environment_variables or {}).items()},
             max_run_duration_seconds=config.run_config.max_run_duration_seconds,
             shm_size=getattr(config.run_config.docker, "shm_size", None),
             tags=dict(self.tags),

@@ -233,7 +233,7 @@ class Run:
 
     def get_metrics(self, name: str | None = None, recursive: bool = False, run_type: str | None = None,
                     populate: bool = False) -> dict[str, Any]:
-        metrics = self._client.metrics(self._run_id)["metrics"]
+        metrics = {key: _non_finite_back(value) for key, value in self._client.metrics(self._run_id)["metrics"].items()}
         if name is not None:
             return {name: metrics[name]} if name in metrics else {}
         return metrics
@@ -304,3 +304,18 @@ class Run:
 
     def fail(self, error_details: Any = None, error_code: str | None = None) -> None:
         raise NotImplementedError("Run.fail() from the control script is not supported locally; use cancel()")
+
+
+_NON_FINITE = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
+
+
+def _non_finite_back(value: Any) -> Any:
+    """The service sends NaN and infinities as Azure's does (``"NaN"``, ``"Infinity"``); azureml-core's
+    ``get_metrics`` turns them back into floats, and so does this."""
+    if isinstance(value, str):
+        return _NON_FINITE.get(value, value)
+    if isinstance(value, list):
+        return [_non_finite_back(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _non_finite_back(item) for key, item in value.items()}
+    return value

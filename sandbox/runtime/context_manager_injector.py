@@ -9,6 +9,10 @@ returning the run, and ends with Azure's completion or failure lines and the scr
 
 Failure tail: Azure's wording for a failed ``Script type = None`` run was not observed; this uses
 "The experiment failed. Finalizing run..." (PARITY.md 1.5), after the user's traceback.
+
+Cleanup tail (PARITY.md 1.4): ``N items cleaning up...`` counts the run objects whose flush is
+outstanding, as azureml-core's ``_RunBase._kill`` counts its kill handlers, and ``Cleanup took``
+is the time those flushes really took.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from typing import Any
 
 from . import listing
 from .history import HistoryWriter
-from .run_context import SandboxRun, install
+from .run_context import CleanupQueue, SandboxRun, install
 
 INJECT = ["ProjectPythonPath:context_managers.ProjectPythonPath", "Dataset:context_managers.Datasets",
           "RunHistory:context_managers.RunHistory", "TrackUserError:context_managers.TrackUserError",
@@ -143,6 +147,40 @@ def _exec_as_main(script_path: str) -> None:
             sys.modules["__main__"] = saved
 
 
+def _seconds(elapsed: float) -> str:
+    """A duration as Azure prints it (``str(float)``: ``0.1812913417816162``), never in exponent form.
+
+    Azure's flush is an HTTP call, so its logs only show plain decimals; a local flush can take
+    microseconds, where ``str()`` would give ``2.1e-06``: those keep their digits in positional form.
+    """
+    text = repr(elapsed)
+    if "e" not in text:
+        return text
+    positional = f"{elapsed:.20f}".rstrip("0")
+    return positional + "0" if positional.endswith(".") else positional
+
+
+def _clean_up(queue: CleanupQueue, timeout: float) -> None:
+    """``_RunBase._kill`` (PARITY.md 1.4): announce, count and run the outstanding flushes, time them.
+
+    The count follows azureml-core, where every ``Run`` object registers one kill handler: the run
+    history context manager's own run (always: hello.py, which never calls ``Run.get_context()``,
+    gives ``1 items cleaning up...``), plus the run ``Run.get_context()`` made for the script (once:
+    later calls return the same object), so a script that logs metrics gives 2. Each handler is that
+    run's ``flush``: Azure's sends the run's pending metric batch, ours fsyncs the run's history records.
+    """
+    _say(f"Cleaning up all outstanding Run operations, waiting {timeout} seconds")
+    handlers = queue.drain()
+    _say(f"{len(handlers)} items cleaning up...")
+    started = time.perf_counter()
+    for handler in handlers:
+        if time.perf_counter() - started > timeout:
+            logging.getLogger("azureml").warning("Could not clean up all items! Data loss might occur!")
+            return
+        handler(timeout)
+    _say(f"Cleanup took {_seconds(time.perf_counter() - started)} seconds")
+
+
 def run_script(spec: dict[str, Any], control_dir: str, history: HistoryWriter) -> int:
     script = spec["script"]
     _say(f"[{_stamp()}] Entering context manager injector.")
@@ -162,8 +200,9 @@ def run_script(spec: dict[str, Any], control_dir: str, history: HistoryWriter) -
     os.environ.setdefault("AZUREML_OUTPUT_DIRECTORY", "./outputs")
     logger = _sdk_logger(spec["run_id"])
     logger.info("Run %s: calling script %s", spec["run_id"], script)
-    run = SandboxRun(spec, control_dir, input_paths)
-    install(run)
+    cleanup = CleanupQueue()
+    SandboxRun(spec, control_dir, input_paths, cleanup=cleanup)  # the run history context manager's own run
+    install(lambda: SandboxRun(spec, control_dir, input_paths, cleanup=cleanup))  # the script's, when it asks
     listing.install([item["mount_point"] for item in spec.get("inputs", []) if item["mode"] == "mount"])
     _say(f"Current directory:  {os.getcwd()}")
     display = spec["arguments_display"]
@@ -213,10 +252,7 @@ def run_script(spec: dict[str, Any], control_dir: str, history: HistoryWriter) -
     _say("Logging experiment finalizing status in history service.")
     _say(f"[{_stamp()}] TimeoutHandler __init__")
     _say(f"[{_stamp()}] TimeoutHandler __enter__")
-    started = time.monotonic()
-    _say(f"Cleaning up all outstanding Run operations, waiting {float(spec.get('cleanup_timeout', 300.0))} seconds")
-    _say("2 items cleaning up...")
-    _say(f"Cleanup took {time.monotonic() - started} seconds")
+    _clean_up(cleanup, float(spec.get("cleanup_timeout", 300.0)))
     datasets.exit()
     _say(f"[{_stamp()}] TimeoutHandler __exit__")
     logger.info("Run %s: script exited with %s", spec["run_id"], exit_code)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import types
+from collections.abc import Callable
 from inspect import isgeneratorfunction
 from typing import Any
 
@@ -24,6 +26,26 @@ def _user_error(message: str) -> Exception:
         return UserErrorException(message)
     except ImportError:  # the environment has no azureml-core
         return ValueError(message)
+
+
+class CleanupQueue:
+    """azureml-core's ``_RunBase._registered_kill_handlers``: one flush per run object, run at cleanup.
+
+    azureml-core registers ``run._client.flush`` for every ``Run`` it builds with ``clean_up=True``
+    (azureml/_run_impl/run_base.py), and ``_RunBase._kill`` prints how many it found
+    (``N items cleaning up...``) and times running them (PARITY.md 1.4).
+    """
+
+    def __init__(self) -> None:
+        self._handlers: list[Callable[[float], None]] = []
+
+    def register(self, flush: Callable[[float], None]) -> None:
+        self._handlers.append(flush)
+
+    def drain(self) -> list[Callable[[float], None]]:
+        """The handlers registered so far, in order; the queue is empty afterwards."""
+        handlers, self._handlers = self._handlers, []
+        return handlers
 
 
 class _Workspace:
@@ -50,7 +72,8 @@ class _Experiment:
 class SandboxRun:
     """The submitted run, seen from inside (``azureml.core.Run`` inside a job)."""
 
-    def __init__(self, spec: dict[str, Any], control_dir: str, input_datasets: dict[str, str]) -> None:
+    def __init__(self, spec: dict[str, Any], control_dir: str, input_datasets: dict[str, str],
+                 cleanup: CleanupQueue | None = None) -> None:
         self._spec = spec
         self._control_dir = control_dir
         self._history = HistoryWriter(os.path.join(control_dir, "history.jsonl"))
@@ -60,6 +83,8 @@ class SandboxRun:
         self.experiment = _Experiment(spec)
         self.parent = None
         self.number = spec.get("number", 1)
+        if cleanup is not None:
+            cleanup.register(self.flush)
 
     # -- identity ----------------------------------------------------------------------------
 
@@ -214,8 +239,17 @@ class SandboxRun:
         self._history.write("error", message="The run was canceled from the script", code="Canceled",
                             explicit=True)
 
-    def flush(self, timeout_seconds: int = 300) -> None:
-        """Records are written as they are logged; nothing to flush."""
+    def flush(self, timeout_seconds: float = 300) -> None:
+        """Make the run's history records durable (``fsync``); they are written, unbuffered, as they are logged."""
+        try:  # non-blocking and no links: a script may have put a FIFO or a link in its place
+            fd = os.open(self._history.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:  # nothing recorded yet, or not a file any more
+            return
+        try:
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def __enter__(self) -> SandboxRun:
         return self
@@ -228,16 +262,23 @@ class SandboxRun:
                 "Status: Running)")
 
 
-def install(run: SandboxRun) -> bool:
-    """Make ``azureml.core.Run.get_context()`` return ``run``; False when azureml-core is not installed."""
+def install(make_run: Callable[[], SandboxRun]) -> bool:
+    """Make ``azureml.core.Run.get_context()`` return the script's run; False when azureml-core is not installed.
+
+    The run is made by the first call and returned by every later one, as azureml-core caches it
+    (``_SubmittedRun._get_instance``): a script that never asks for it adds no cleanup item.
+    """
     try:
         from azureml.core import run as run_module
     except ImportError:
         return False
+    made: list[SandboxRun] = []
 
     def get_context(cls: Any, allow_offline: bool = True, used_for_context_manager: bool = False,
                     **kwargs: Any) -> SandboxRun:
-        return run
+        if not made:
+            made.append(make_run())
+        return made[0]
 
     run_module.Run.get_context = classmethod(get_context)  # type: ignore[method-assign]
     return True

@@ -2,6 +2,7 @@
 
 Settings come from the environment the compose file gives (state folder at the same absolute path as
 on the host, Azurite at ``http://azurite:10000/...``, the run store on the ``service-data`` volume).
+It refuses to start with an empty or short token, before it opens anything.
 """
 
 from __future__ import annotations
@@ -9,25 +10,28 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 from pathlib import Path
 
 import uvicorn
 
-from sandbox.config import Settings
+from sandbox.config import Settings, _env_int
 from sandbox.docker_engine import DockerEngine
 from sandbox.errors import SandboxError
-from sandbox.local_runner import LocalRunner
+from sandbox.local_runner import MAX_RUN_BYTES, LocalRunner
 from sandbox.service.api import Services, create_api
 from sandbox.service.auth import ensure_token
 from sandbox.service.executor import Executor
 from sandbox.service.pages import add_pages
+from sandbox.service.security import LISTEN_PORT, host_allowlist
 from sandbox.service.store import SqliteRunStore
 from sandbox.storage import BlobStore
 
 log = logging.getLogger("aml_sandbox.service")
 
 
-def build(settings: Settings, db_path: Path) -> tuple:
+def build(settings: Settings, db_path: Path, listen_port: int) -> tuple:
+    token = ensure_token(settings.home)
     engine = DockerEngine()
     if not engine.available():
         raise SandboxError(
@@ -35,10 +39,11 @@ def build(settings: Settings, db_path: Path) -> tuple:
             "(volumes: - /var/run/docker.sock:/var/run/docker.sock, as docker-compose.yml does).")
     blobs = BlobStore(settings)
     store = SqliteRunStore(db_path)
-    runner = LocalRunner(engine, blobs, settings)
+    disk_gib = _env_int(os.environ, "AML_SANDBOX_RUN_DISK_GIB", MAX_RUN_BYTES // 1024**3)
+    runner = LocalRunner(engine, blobs, settings, max_run_bytes=disk_gib * 1024**3)
     executor = Executor(store, runner, settings)
-    services = Services(store, executor, runner, blobs, ensure_token(settings.home))
-    app = create_api(services)
+    services = Services(store, executor, runner, blobs, token)
+    app = create_api(services, allowed_hosts=host_allowlist(settings, listen_port=listen_port))
     add_pages(app, services)
     return app, executor
 
@@ -50,14 +55,15 @@ def main() -> int:
     try:
         settings = Settings.from_env()
         db_path = Path(os.environ.get("AML_SANDBOX_DB", str(settings.home / "service" / "runs.db")))
-        app, executor = build(settings, db_path)
+        port = _env_int(os.environ, "AML_SANDBOX_SERVICE_LISTEN_PORT", LISTEN_PORT)
+        app, executor = build(settings, db_path, port)
     except SandboxError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    executor.keep_tidy(threading.Event())
     recovered = executor.recover()
     if recovered:
         log.info("picked up %d unfinished runs: %s", len(recovered), ", ".join(recovered))
-    port = int(os.environ.get("AML_SANDBOX_SERVICE_LISTEN_PORT", "8790"))
     uvicorn.run(app, host=os.environ.get("AML_SANDBOX_SERVICE_LISTEN_HOST", "0.0.0.0"), port=port,
                 log_level="info", access_log=False)
     return 0

@@ -1,33 +1,37 @@
 """The workspace service's JSON API: thin handlers over the run store and the executor.
 
-Reads are open (the port is on 127.0.0.1 only); every call that changes anything needs the stack's
-token (``Authorization: Bearer <token>``). A malformed or unauthenticated request is refused before
-anything is stored or started.
+Run summaries, metrics and file lists are open (the port is on 127.0.0.1 only); run files and run
+definitions need the stack's token or a page session (see ``security.py``); every call that changes
+anything needs the token (``Authorization: Bearer <token>``). A malformed or unauthenticated request is
+refused before anything is stored or started; a request naming a foreign Host is refused before any route.
 """
 
 from __future__ import annotations
 
-import os
+import json
 import re
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from sandbox.local_runner import ARTIFACT_CONTAINER, LocalRunner, artifact_prefix
 from sandbox.run_definition import RunDefinition
-from sandbox.service.auth import token_matches
+from sandbox.service.auth import token_matches, token_path
 from sandbox.service.executor import Executor
-from sandbox.service.store import RunNotFoundError, SqliteRunStore, metrics_summary
+from sandbox.service.routes import include_routes
+from sandbox.service.routes.common import AzureError
+from sandbox.service.run_token import RunTokens
+from sandbox.service.security import SecurityMiddleware, bearer_token, has_page_session, host_allowlist
+from sandbox.service.store import PropertyConflictError, RunNotFoundError, SqliteRunStore, metrics_summary
+from sandbox.snapshot import MAX_ARCHIVE_BYTES, SnapshotLimitError, check_archive
 from sandbox.storage import BlobStore
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][\w\-.]{0,254}$")
 SNAPSHOT_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-MAX_SNAPSHOT_BYTES = 400 * 1024 * 1024
-#: Files are sent in chunks of this size, so a large output never sits whole in the service's memory.
-CHUNK = 1024 * 1024
 
 
 class Services:
@@ -40,6 +44,7 @@ class Services:
         self.runner = runner
         self.blobs = blobs
         self.token = token
+        self.run_tokens = RunTokens(token)
 
     def record(self, run_id: str) -> Any:
         if not RUN_ID.match(run_id):
@@ -60,17 +65,15 @@ class Services:
                   tail: int | None = None) -> tuple[int, int, Iterator[bytes]]:
         """(start, size, chunks): the file's bytes from ``offset`` (or its last ``tail`` bytes) up to its size now.
 
-        Sent in chunks, never whole in memory. A file of a run that goes on is read from its run folder;
-        the size is taken first, so a log that grows while it is sent is sent up to that size and the
-        next request goes on from there.
+        Sent in chunks, never whole in memory. A file of a run that goes on is read from its run folder
+        (regular files only, no link followed: see ``sandbox.run_folder``); the size is taken first, so a
+        log that grows while it is sent is sent up to that size and the next request goes on from there.
         """
         self.record(run_id)
-        path: Path | None = self.runner.folder(run_id).file(name)
-        if path is not None:
-            handle = open(path, "rb")
-            size = os.fstat(handle.fileno()).st_size
-            start = _start(offset, size, tail)
-            return start, size, _file_chunks(handle, start, size)
+        live = self.runner.folder(run_id).open(name)
+        if live is not None:
+            start = _start(offset, live.size, tail)
+            return start, live.size, live.chunks(start)
         from azure.core.exceptions import ResourceNotFoundError
 
         try:
@@ -90,28 +93,30 @@ def _start(offset: int, size: int, tail: int | None) -> int:
     return max(start, size - tail) if tail is not None else start
 
 
-def _file_chunks(handle: BinaryIO, start: int, end: int) -> Iterator[bytes]:
-    with handle:
-        handle.seek(start)
-        left = end - start
-        while left > 0:
-            chunk = handle.read(min(CHUNK, left))
-            if not chunk:
-                return
-            left -= len(chunk)
-            yield chunk
-
-
-def create_api(services: Services) -> FastAPI:
-    app = FastAPI(title="aml-sandbox workspace service", docs_url="/api/docs", openapi_url="/api/openapi.json")
+def create_api(services: Services, *, allowed_hosts: Collection[str] | None = None) -> FastAPI:
+    """The API; ``allowed_hosts`` defaults to :func:`host_allowlist` of the executor's settings."""
+    # No /api/docs: Swagger UI loads its script from a CDN. The schema stays at /api/openapi.json.
+    app = FastAPI(title="aml-sandbox workspace service", docs_url=None, redoc_url=None,
+                  openapi_url="/api/openapi.json")
     app.state.services = services
+    settings = services.executor.settings
+    app.add_middleware(SecurityMiddleware, allowed_hosts=allowed_hosts or host_allowlist(settings))
+    app.add_exception_handler(AzureError, lambda _request, exc: exc.response())
+    include_routes(app)
+    token_file = token_path(settings.home)
 
     def authorized(request: Request) -> None:
-        header = request.headers.get("authorization", "")
-        presented = header[7:].strip() if header.lower().startswith("bearer ") else None
-        if not token_matches(services.token, presented):
+        if not token_matches(services.token, bearer_token(request)):
             raise HTTPException(401, "This call changes the workspace and needs the stack's token "
-                                     "(Authorization: Bearer <token from ~/.aml-sandbox/token>).")
+                                     f"(Authorization: Bearer <the token in {token_file}>).")
+
+    def may_read(request: Request) -> None:
+        """Run files and definitions: the token, or the session cookie a page of this service set."""
+        if not (token_matches(services.token, bearer_token(request)) or has_page_session(request, services.token)):
+            raise HTTPException(401, "Run files and run definitions need the stack's token (Authorization: "
+                                     f"Bearer <the token in {token_file}>; aml-sandbox and the SDK send it) or "
+                                     f"the session of this service's run page (open {settings.service_url}"
+                                     "/runs/<run id> in the browser, then download from there).")
 
     @app.get("/api/health")
     def health() -> dict[str, Any]:
@@ -125,28 +130,39 @@ def create_api(services: Services) -> FastAPI:
         target = services.executor.snapshot_path(snapshot_id)
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_suffix(".part")
+        too_large = HTTPException(413, f"The snapshot archive is over {MAX_ARCHIVE_BYTES} bytes compressed, so its "
+                                       "files exceed Azure's snapshot limit of 300.0 MB. Please see "
+                                       "http://aka.ms/aml-largefiles on how to work with large files.")
+        if _declared_length(request) > MAX_ARCHIVE_BYTES:
+            raise too_large
         size = 0
-        with open(partial, "wb") as handle:
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > MAX_SNAPSHOT_BYTES:
-                    handle.close()
-                    partial.unlink(missing_ok=True)
-                    raise HTTPException(413, "snapshot larger than the 300 MB limit")
-                handle.write(chunk)
-        if size == 0 or not _is_gzip(partial):
+        try:
+            with open(partial, "wb") as handle:
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > MAX_ARCHIVE_BYTES:
+                        raise too_large
+                    handle.write(chunk)
+            if size == 0 or not _is_gzip(partial):
+                raise HTTPException(400, "the snapshot must be a non-empty .tar.gz")
+            await run_in_threadpool(check_archive, partial)  # the 300 MB of files, counted as it unpacks
+        except SnapshotLimitError as exc:
             partial.unlink(missing_ok=True)
-            raise HTTPException(400, "the snapshot must be a non-empty .tar.gz")
+            raise HTTPException(413, str(exc)) from None
+        except ValueError as exc:
+            partial.unlink(missing_ok=True)
+            raise HTTPException(400, f"the snapshot must be a .tar.gz of the source directory: {exc}") from None
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
         partial.replace(target)
         return {"snapshotId": snapshot_id, "size": size}
 
     @app.post("/api/runs", status_code=201, dependencies=[Depends(authorized)])
     async def submit(request: Request) -> JSONResponse:
-        try:
-            body = await request.json()
-        except ValueError as exc:
-            raise HTTPException(400, f"the body is not JSON: {exc}") from exc
-        if not isinstance(body, dict) or not isinstance(body.get("definition"), dict):
+        body = await _read_json(request, MAX_SUBMIT_BYTES, "a run submission (definition and image build log)")
+        if not isinstance(body, dict) or not isinstance(body.get("definition"), dict) \
+                or not isinstance(body.get("image_build_log"), str | None):
             raise HTTPException(400, "expected {\"definition\": {...}, \"image_build_log\": null|str}")
         try:
             definition = RunDefinition.from_dict(body["definition"])
@@ -167,9 +183,15 @@ def create_api(services: Services) -> FastAPI:
     def list_experiments() -> list[dict[str, Any]]:
         return [{"name": name, "runs": count} for name, count in services.store.list_experiments()]
 
-    @app.get("/api/runs/{run_id}")
+    @app.get("/api/runs/{run_id}", dependencies=[Depends(may_read)])
     def get_run(run_id: str) -> dict[str, Any]:
         return services.record(run_id).to_dict()
+
+    @app.post("/api/runs/{run_id}/token", dependencies=[Depends(authorized)])
+    def run_token(run_id: str) -> dict[str, Any]:
+        """A run token for ``run_id`` (what its container gets as ``AZUREML_RUN_TOKEN``), for the stack's owner."""
+        record = services.record(run_id)
+        return {"token": services.run_tokens.issue(run_id, record.experiment, root_run_id=record.root_run_id)}
 
     @app.post("/api/runs/{run_id}/cancel", dependencies=[Depends(authorized)])
     def cancel(run_id: str) -> dict[str, Any]:
@@ -180,15 +202,16 @@ def create_api(services: Services) -> FastAPI:
     def metrics(run_id: str) -> dict[str, Any]:
         services.record(run_id)
         raw = services.store.get_metrics(run_id)
-        return {"metrics": metrics_summary(raw),
-                "series": [{"name": m.name, "type": m.type, "value": m.value, "time": m.time, "step": m.step}
-                           for m in raw]}
+        return {"metrics": metrics_summary(raw), "series": [m.to_dict() for m in raw]}  # NaN as Azure sends it
 
     @app.post("/api/runs/{run_id}/tags", dependencies=[Depends(authorized)])
     async def tags(run_id: str, request: Request) -> dict[str, Any]:
         services.record(run_id)
         body = await _json_object(request, "tags")
-        services.store.set_tags(run_id, body)
+        try:
+            services.store.set_tags(run_id, body)
+        except ValueError as exc:
+            raise HTTPException(400, str(exc)) from exc
         return services.record(run_id).to_dict()
 
     @app.post("/api/runs/{run_id}/properties", dependencies=[Depends(authorized)])
@@ -197,15 +220,17 @@ def create_api(services: Services) -> FastAPI:
         body = await _json_object(request, "properties")
         try:
             services.store.add_properties(run_id, body)
-        except ValueError as exc:
+        except PropertyConflictError as exc:
             raise HTTPException(409, str(exc)) from exc
+        except ValueError as exc:
+            raise HTTPException(400, str(exc)) from exc
         return services.record(run_id).to_dict()
 
     @app.get("/api/runs/{run_id}/files")
     def files(run_id: str) -> dict[str, Any]:
         return {"files": services.files(run_id)}
 
-    @app.get("/api/runs/{run_id}/files/{name:path}")
+    @app.get("/api/runs/{run_id}/files/{name:path}", dependencies=[Depends(may_read)])
     def read_file(run_id: str, name: str, offset: int = Query(0, ge=0)) -> StreamingResponse:
         if ".." in name.split("/"):
             raise HTTPException(400, "file names cannot contain '..'")
@@ -218,11 +243,39 @@ def create_api(services: Services) -> FastAPI:
     return app
 
 
-async def _json_object(request: Request, key: str) -> dict[str, Any]:
+#: POST bodies are read up to these sizes (a 413 names the limit past them).
+MAX_SUBMIT_BYTES = 16 * 1024 * 1024
+MAX_JSON_BYTES = 1024 * 1024
+
+
+def _declared_length(request: Request) -> int:
+    declared = request.headers.get("content-length", "")
+    return int(declared) if declared.isdigit() else 0
+
+
+async def _read_json(request: Request, limit: int, what: str) -> Any:
+    """The body as strict JSON (no NaN/Infinity), read up to ``limit`` bytes, never more into memory."""
+    too_large = HTTPException(413, f"The request body is larger than {limit} bytes, the limit for {what}.")
+    if _declared_length(request) > limit:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
     try:
-        body = await request.json()
-    except ValueError as exc:
-        raise HTTPException(400, f"the body is not JSON: {exc}") from exc
+        return json.loads(b"".join(chunks), parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:
+        raise HTTPException(400, f"the body is not JSON: {exc}") from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (send finite numbers)")
+
+
+async def _json_object(request: Request, key: str) -> dict[str, Any]:
+    body = await _read_json(request, MAX_JSON_BYTES, f"{key}")
     if not isinstance(body, dict) or not isinstance(body.get(key), dict):
         raise HTTPException(400, f"expected {{\"{key}\": {{...}}}}")
     return body[key]

@@ -1,14 +1,28 @@
 """The stack's token: made at the first ``up``, readable only by its owner, required by every call that
-changes anything (a process that reaches the port without it can start no container)."""
+changes anything (a process that reaches the port without it can start no container) and by reads of
+run files and run definitions.
+
+The file appears whole or not at all: it is written to a temporary file in the same folder (mode 0600,
+fsynced) and linked into place, so no reader sees a half-written token and two processes creating it
+at once end with the same token. A token shorter than :data:`MIN_TOKEN_LENGTH` is refused.
+"""
 
 from __future__ import annotations
 
+import errno
 import hmac
 import os
+import re
 import secrets
+import tempfile
 from pathlib import Path
 
+from sandbox.errors import ConfigurationError
+
 TOKEN_FILE = "token"
+MIN_TOKEN_LENGTH = 32
+#: Visible ASCII only: the token travels in an HTTP header.
+_TOKEN = re.compile(r"[\x21-\x7e]+")
 
 
 def token_path(home: Path) -> Path:
@@ -16,27 +30,70 @@ def token_path(home: Path) -> Path:
 
 
 def ensure_token(home: Path) -> str:
-    """Read the token, or create it (mode 0600, owned by the state folder's owner)."""
+    """Read the token, or create it (mode 0600, owned by the state folder's owner); refuse a weak one."""
     path = token_path(home)
-    if path.is_file():
-        return path.read_text(encoding="utf-8").strip()
+    try:
+        return _check(path, _read(path))
+    except FileNotFoundError:
+        pass
     home.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(token + "\n")
-    owner = home.stat()
-    if os.geteuid() == 0 and (owner.st_uid, owner.st_gid) != (0, 0):
-        os.chown(path, owner.st_uid, owner.st_gid)
-    return token
+    _create(path, secrets.token_urlsafe(32), owner=home.stat())
+    return _check(path, _read(path))  # the token on disk: another process may have created it first
 
 
 def read_token(home: Path) -> str | None:
     try:
-        return token_path(home).read_text(encoding="utf-8").strip() or None
+        return _read(token_path(home)) or None
     except OSError:
         return None
 
 
 def token_matches(expected: str, presented: str | None) -> bool:
     return presented is not None and hmac.compare_digest(expected.encode(), presented.encode())
+
+
+def _read(path: Path) -> str:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as handle:
+        return handle.read(4096).decode("utf-8", "replace").strip()
+
+
+def _check(path: Path, token: str) -> str:
+    if len(token) < MIN_TOKEN_LENGTH or not _TOKEN.fullmatch(token):
+        what = "empty" if not token else (
+            f"{len(token)} characters long" if len(token) < MIN_TOKEN_LENGTH else "not printable ASCII")
+        raise ConfigurationError(
+            f"The stack token in {path} is {what}; it must be at least {MIN_TOKEN_LENGTH} printable ASCII "
+            f"characters without spaces. Delete {path} and run 'aml-sandbox up' (it makes a new one), or write "
+            f"one yourself: python -c 'import secrets; print(secrets.token_urlsafe(32))' > {path}; chmod 600 {path}")
+    return token
+
+
+def _create(path: Path, token: str, *, owner: os.stat_result) -> None:
+    fd, temporary = tempfile.mkstemp(prefix=f".{TOKEN_FILE}-", dir=path.parent)  # mode 0600
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(token.encode() + b"\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        if os.geteuid() == 0 and (owner.st_uid, owner.st_gid) != (0, 0):
+            os.chown(temporary, owner.st_uid, owner.st_gid)
+        try:
+            os.link(temporary, path)  # fails if the token exists: the first creator wins
+        except FileExistsError:
+            pass
+        except OSError as exc:  # a file system without hard links
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+                raise
+            os.replace(temporary, path)
+        _fsync_folder(path.parent)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+
+
+def _fsync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

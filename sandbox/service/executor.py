@@ -22,11 +22,17 @@ from typing import Any
 from sandbox.config import ComputeDefinition, Settings
 from sandbox.errors import ImageNotFoundError
 from sandbox.fake_mount import DatasetMountValidationError
-from sandbox.local_runner import HistoryFollower, LocalRunner, RunFolder, RunOutcome, StartedRun
+from sandbox.local_runner import LocalRunner, StartedRun
 from sandbox.run_definition import RunDefinition, RunStatus
+from sandbox.run_folder import RunFolder
+from sandbox.run_history import HistoryFollower
+from sandbox.run_outcome import RunOutcome
 from sandbox.service.store import RunRecord, SqliteRunStore
+from sandbox.snapshot import remove_orphans
 
 log = logging.getLogger("aml_sandbox.executor")
+#: How often the service looks for snapshots that were uploaded and never submitted.
+ORPHAN_SWEEP_SECONDS = 600.0
 
 
 class ComputeQueue:
@@ -75,6 +81,28 @@ class Executor:
     def snapshot_path(self, snapshot_id: str) -> Path:
         return self.snapshots / f"{snapshot_id}.tar.gz"
 
+    def remove_orphan_snapshots(self) -> list[str]:
+        """Delete snapshots uploaded over an hour ago that no unfinished run uses (uploaded, never submitted)."""
+        return remove_orphans(self.snapshots, keep=self.store.snapshot_ids_in_use())
+
+    def keep_tidy(self, stop: threading.Event, interval: float = ORPHAN_SWEEP_SECONDS) -> threading.Thread:
+        """Sweep orphan snapshots now and every ``interval`` seconds until ``stop`` is set."""
+        def sweep() -> None:
+            while True:
+                try:
+                    removed = self.remove_orphan_snapshots()
+                except OSError as exc:
+                    log.warning("could not sweep orphan snapshots in %s: %s", self.snapshots, exc)
+                else:
+                    if removed:
+                        log.info("removed %d orphan snapshots: %s", len(removed), ", ".join(removed))
+                if stop.wait(interval):
+                    return
+
+        thread = threading.Thread(target=sweep, name="snapshot-sweep", daemon=True)
+        thread.start()
+        return thread
+
     # -- submit / cancel ---------------------------------------------------------------------
 
     def validate(self, definition: RunDefinition) -> None:
@@ -111,9 +139,10 @@ class Executor:
         with self._lock:
             return sorted(self._handles)
 
-    def _spawn(self, definition: RunDefinition, resume: RunRecord | None) -> None:
+    def _spawn(self, definition: RunDefinition, resume: RunRecord | None, *, holding: bool = False) -> None:
+        """Start the run's thread; ``holding``: it already holds a node of its compute target (a re-attached run)."""
         handle = RunHandle(definition.run_id)
-        thread = threading.Thread(target=self._execute, args=(definition, handle, resume),
+        thread = threading.Thread(target=self._execute, args=(definition, handle, resume, holding),
                                   name=f"run-{definition.run_id}", daemon=True)
         handle.thread = thread
         with self._lock:
@@ -122,19 +151,17 @@ class Executor:
 
     # -- one run -----------------------------------------------------------------------------
 
-    def _execute(self, definition: RunDefinition, handle: RunHandle, resume: RunRecord | None) -> None:
+    def _execute(self, definition: RunDefinition, handle: RunHandle, resume: RunRecord | None,
+                 holding: bool) -> None:
         run_id = definition.run_id
         queue = self.queues.get(definition.compute_target)
-        holding = False
         started: StartedRun | None = None
         try:
-            if resume is not None and resume.status in {RunStatus.RUNNING, RunStatus.FINALIZING,
-                                                         RunStatus.CANCEL_REQUESTED}:
+            if resume is not None and resume.status in _ON_A_NODE:
                 started = self._reattach(definition, resume)
                 if started is None:
                     return
-                holding = queue is not None and queue.try_acquire()
-                follower = HistoryFollower(started.folder.history, resume.history_offset)
+                follower = HistoryFollower(started.folder, resume.history_offset)
             else:
                 self.store.set_status(run_id, RunStatus.PREPARING)
                 build_log_path = self.snapshots / f"{definition.snapshot_id}.build.log"
@@ -153,16 +180,15 @@ class Executor:
                 try:
                     started = self.runner.start(definition, folder, queue.definition)
                 except DatasetMountValidationError as exc:
-                    folder.driver_log.parent.mkdir(parents=True, exist_ok=True)
-                    folder.driver_log.write_text(f"UserError: {exc}\n", encoding="utf-8")
+                    folder.note(f"UserError: {exc}")
                     self._finish(definition, RunOutcome(RunStatus.FAILED, None, {
                         "code": "UserError", "message": str(exc), "type": "DatasetMountValidationException"}),
                         folder)
                     return
-                follower = HistoryFollower(folder.history)
+                follower = HistoryFollower(folder)
 
             def on_history(records: list[dict[str, Any]]) -> None:
-                self.store.apply_history(run_id, records, follower.offset)
+                self._apply_history(run_id, records, follower)
 
             outcome = self.runner.wait(started, cancel=handle.cancel, on_history=on_history, follower=follower)
             self._finish(definition, outcome, started.folder, started)
@@ -182,6 +208,11 @@ class Executor:
                 queue.release()
             with self._lock:
                 self._handles.pop(run_id, None)
+
+    def _apply_history(self, run_id: str, records: list[dict[str, Any]], follower: HistoryFollower) -> None:
+        """Store what the run reported; a record the store refuses is named in the driver log, the rest kept."""
+        for rejected in self.store.apply_history(run_id, records, follower.offset):
+            follower.note(str(rejected))
 
     def _finish(self, definition: RunDefinition, outcome: RunOutcome, folder: RunFolder,
                 started: StartedRun | None = None) -> None:
@@ -205,9 +236,7 @@ class Executor:
         run_id = definition.run_id
         folder = self.runner.folder(run_id)
         if folder.root.exists():
-            folder.driver_log.parent.mkdir(parents=True, exist_ok=True)
-            with open(folder.driver_log, "a", encoding="utf-8") as log_file:
-                log_file.write(f"{message}\n")
+            folder.note(message)
         self.runner.remove_container(run_id)
         try:
             files = self.runner.finalize(definition, folder) if folder.root.exists() else []
@@ -228,19 +257,33 @@ class Executor:
     # -- restart -----------------------------------------------------------------------------
 
     def recover(self) -> list[str]:
-        """Pick up every unfinished run after a (re)start of the service; return their ids."""
+        """Pick up every unfinished run after a (re)start of the service; return their ids.
+
+        Runs that were on a node take their nodes back first, before any waiting run is queued again, so a
+        waiting run never starts beside a re-attached one beyond the target's ``max_nodes``.
+        """
         recovered = []
-        for record in self.store.unfinished_runs():
-            definition = RunDefinition.from_dict(record.definition)
+        records = sorted(self.store.unfinished_runs(), key=lambda r: r.status not in _ON_A_NODE)
+        for record in records:
+            try:
+                definition = RunDefinition.from_dict(record.definition)
+            except (ValueError, TypeError) as exc:  # stored by an older version with looser rules
+                log.error("run %s cannot be recovered: %s", record.run_id, exc)
+                self.store.set_status(record.run_id, RunStatus.FAILED, error={
+                    "code": "SystemError", "type": "SystemError",
+                    "message": f"The workspace service restarted and could not resume the run: {exc}"})
+                continue
             if record.status in {RunStatus.STARTING, RunStatus.PREPARING, RunStatus.QUEUED}:
                 if not self.snapshot_path(definition.snapshot_id).is_file():
                     self._fail(definition, "The workspace service restarted before the run started, and its "
                                "snapshot is gone; submit it again.", "SystemError")
                     continue
                 log.info("re-queueing run %s (%s)", record.run_id, record.status)
+                self._spawn(definition, resume=record)
             else:
                 log.info("re-attaching to run %s (%s)", record.run_id, record.status)
-            self._spawn(definition, resume=record)
+                queue = self.queues.get(definition.compute_target)
+                self._spawn(definition, resume=record, holding=queue is not None and queue.try_acquire())
             recovered.append(record.run_id)
         return recovered
 
@@ -250,12 +293,14 @@ class Executor:
         compute = self.queues[definition.compute_target].definition if definition.compute_target in self.queues \
             else self.settings.compute_targets[0]
         if container is None:
-            records = HistoryFollower(folder.history).read_new() if folder.root.exists() else []
-            exited = [r for r in records if r.get("kind") == "exited"]
+            records = [r for batch in HistoryFollower(folder, report=False).batches() for r in batch
+                       if r["kind"] in {"exited", "error"}] if folder.root.exists() else []
+            exited = [r for r in records if r["kind"] == "exited"]
             if exited:  # it ended while nobody watched: finalise from what it left
-                follower = HistoryFollower(folder.history, record.history_offset)
-                self.store.apply_history(definition.run_id, follower.read_new(), follower.offset)
-                errors = [r for r in records if r.get("kind") == "error"]
+                follower = HistoryFollower(folder, record.history_offset)
+                for batch in follower.batches():
+                    self._apply_history(definition.run_id, batch, follower)
+                errors = [r for r in records if r["kind"] == "error"]
                 outcome = self.runner.classify(definition, folder, compute, int(exited[-1].get("exit_code", 1)),
                                                False, None, errors)
                 self._finish(definition, outcome, folder)
@@ -264,6 +309,10 @@ class Executor:
                            "run did not finish. Submit it again.", "SystemError")
             return None
         return StartedRun(definition, folder, container, compute)
+
+
+#: Statuses of a run whose container was started: after a restart it is re-attached, not queued again.
+_ON_A_NODE = frozenset({RunStatus.RUNNING, RunStatus.FINALIZING, RunStatus.CANCEL_REQUESTED})
 
 
 class _Canceled(Exception):

@@ -1,9 +1,11 @@
 """Server-rendered pages: experiments, an experiment's runs, and the run page ``get_portal_url()`` points at.
 
 The run page mirrors ``ml.azure.com/runs/<run_id>?wsid=...``: status and timings, arguments, inputs,
-the driver log (rendered with what exists now, then extended in the browser by a small inline
-script polling the API while the run goes), metrics with a chart for series, and the run files as
-downloads. Nothing is loaded from the internet.
+the driver log (rendered with what exists now, then extended in the browser by ``static/run.js``
+polling the API while the run goes), metrics with a chart for series, and the run files as
+downloads. Nothing is loaded from the internet, and nothing inline runs (the Content-Security-Policy
+of ``security.py`` allows the service's own files only). Every page sets the page session cookie
+its script and download links need to read run files.
 """
 
 from __future__ import annotations
@@ -14,14 +16,17 @@ from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from sandbox.local_runner import DRIVER_LOG
 from sandbox.run_definition import RunDefinition
+from sandbox.run_folder import DRIVER_LOG
 from sandbox.service.api import Services
+from sandbox.service.security import set_page_session
 from sandbox.service.store import metrics_summary
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
+STATIC = Path(__file__).with_name("static")
 #: The run page shows the end of a longer driver log (the whole file is a download on the same page).
 PAGE_LOG_BYTES = 2 * 1024 * 1024
 
@@ -57,6 +62,13 @@ def chart(values: list[float], width: int = 480, height: int = 160) -> str:
 
 
 def add_pages(app: FastAPI, services: Services) -> None:
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    def render(request: Request, template: str, context: dict[str, Any]) -> HTMLResponse:
+        response = TEMPLATES.TemplateResponse(request, template, context)
+        set_page_session(response, services.token)
+        return response
+
     @app.get("/", include_in_schema=False)
     def index() -> RedirectResponse:
         return RedirectResponse("/experiments")
@@ -64,12 +76,12 @@ def add_pages(app: FastAPI, services: Services) -> None:
     @app.get("/experiments", response_class=HTMLResponse, include_in_schema=False)
     def experiments(request: Request) -> HTMLResponse:
         rows = services.store.list_experiments()
-        return TEMPLATES.TemplateResponse(request, "experiments.html", {"experiments": rows})
+        return render(request, "experiments.html", {"experiments": rows})
 
     @app.get("/experiments/{name}/runs", response_class=HTMLResponse, include_in_schema=False)
     def experiment_runs(request: Request, name: str) -> HTMLResponse:
         runs = services.store.list_runs(name)
-        return TEMPLATES.TemplateResponse(request, "runs.html", {
+        return render(request, "runs.html", {
             "experiment": name, "runs": runs, "duration": _duration})
 
     @app.get("/runs/{run_id}", response_class=HTMLResponse, include_in_schema=False)
@@ -83,7 +95,7 @@ def add_pages(app: FastAPI, services: Services) -> None:
             log_start, log_size, driver_log = 0, 0, ""
         metrics = metrics_summary(services.store.get_metrics(run_id))
         charts = {name: chart(value) for name, value in metrics.items() if isinstance(value, list)}
-        return TEMPLATES.TemplateResponse(request, "run.html", {
+        return render(request, "run.html", {
             "run": record,
             "definition": definition,
             "arguments": definition.display_arguments(),

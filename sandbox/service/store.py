@@ -1,8 +1,18 @@
-"""Run history: runs, statuses with timestamps, metrics, tags, properties, files.
+"""Run history: runs, statuses with timestamps, metrics, tags, properties, files, child runs and run events.
 
 :class:`RunStore` is the contract (MLflow's abstract store); :class:`SqliteRunStore` keeps it in a
 SQLite file on the stack's volume (survives ``down``/``up``, gone with ``down -v``); the facade's
-``sandbox.service.client.RunHistoryClient`` mirrors the read side over HTTP.
+``sandbox.service.client.RunHistoryClient`` mirrors the read side over HTTP, and the Azure ML routes
+(``sandbox.service.routes``) answer azureml-core's own ``Run`` from it.
+
+Every write is one transaction (:meth:`SqliteRunStore._transaction`) that rolls back on any error, so a
+failed write never leaves the shared connection inside an open transaction. What a run reports is
+checked and converted (``sandbox.service.records``) before ``BEGIN``; a bad record is skipped and
+returned to the caller as a :class:`~sandbox.service.records.RejectedRecord`.
+
+Runs the executor submits have no parent; child runs (``run.child_run()`` inside a run) have one, share
+its root run id, and their status comes from the run events their azureml-core posts. The executor
+never picks up a child run (:meth:`SqliteRunStore.unfinished_runs`).
 """
 
 from __future__ import annotations
@@ -12,74 +22,23 @@ import sqlite3
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sandbox.run_definition import RunDefinition, RunStatus
+from sandbox.run_definition import RUN_ID, RunDefinition, RunStatus, validate_tags
+from sandbox.service.metrics_store import METRICS_SCHEMA, check_metrics, insert_metrics, metric_names, read_metrics
+from sandbox.service.records import Metric, RejectedRecord, check_history, metrics_summary
+from sandbox.service.run_record import (
+    PropertyConflictError,
+    RunNotFoundError,
+    RunRecord,
+    experiment_id,
+)
 
-
-class RunNotFoundError(KeyError):
-    def __init__(self, run_id: str) -> None:
-        self.run_id = run_id
-        super().__init__(f"Run {run_id!r} was not found in the local workspace's run history")
-
-
-@dataclass
-class RunRecord:
-    run_id: str
-    experiment: str
-    status: RunStatus
-    target: str
-    created: float
-    definition: dict[str, Any]
-    started: float | None = None
-    ended: float | None = None
-    error: dict[str, Any] | None = None
-    tags: dict[str, Any] = field(default_factory=dict)
-    properties: dict[str, Any] = field(default_factory=dict)
-    files: list[str] | None = None
-    exit_code: int | None = None
-    history_offset: int = 0
-    number: int = 0
-    status_history: list[tuple[str, float]] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "runId": self.run_id,
-            "experiment": self.experiment,
-            "status": str(self.status),
-            "target": self.target,
-            "runNumber": self.number,
-            "createdUtc": _iso(self.created),
-            "startTimeUtc": _iso(self.started),
-            "endTimeUtc": _iso(self.ended),
-            "error": self.error,
-            "tags": self.tags,
-            "properties": self.properties,
-            "files": self.files,
-            "exitCode": self.exit_code,
-            "statusHistory": [{"status": s, "time": _iso(t)} for s, t in self.status_history],
-            "definition": self.definition,
-        }
-
-
-def _iso(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(timestamp)) + f".{int(timestamp % 1 * 1e6):06d}Z"
-
-
-@dataclass(frozen=True)
-class Metric:
-    name: str
-    type: str
-    value: Any
-    time: float
-    step: int | None = None
-    description: str = ""
-
+__all__ = ["Metric", "PropertyConflictError", "RunNotFoundError", "RunRecord", "RunStore", "SqliteRunStore",
+           "experiment_id", "metrics_summary"]
 
 class RunStore(ABC):
     """What the run history keeps and answers."""
@@ -88,10 +47,18 @@ class RunStore(ABC):
     def create_run(self, definition: RunDefinition) -> RunRecord: ...
 
     @abstractmethod
+    def create_child_run(self, run_id: str, parent_run_id: str, *, name: str | None = None,
+                         target: str | None = None, tags: dict[str, Any] | None = None,
+                         properties: dict[str, Any] | None = None) -> RunRecord: ...
+
+    @abstractmethod
     def get_run(self, run_id: str) -> RunRecord: ...
 
     @abstractmethod
-    def list_runs(self, experiment: str | None = None) -> list[RunRecord]: ...
+    def list_runs(self, experiment: str | None = None, *, include_children: bool = False) -> list[RunRecord]: ...
+
+    @abstractmethod
+    def get_children(self, run_id: str) -> list[RunRecord]: ...
 
     @abstractmethod
     def list_experiments(self) -> list[tuple[str, int]]: ...
@@ -101,10 +68,19 @@ class RunStore(ABC):
                    exit_code: int | None = None) -> None: ...
 
     @abstractmethod
-    def apply_history(self, run_id: str, records: Iterable[dict[str, Any]], new_offset: int) -> None: ...
+    def post_event(self, run_id: str, name: str, *, error: dict[str, Any] | None = None) -> RunRecord: ...
 
     @abstractmethod
-    def get_metrics(self, run_id: str) -> list[Metric]: ...
+    def apply_history(self, run_id: str, records: Iterable[Any], new_offset: int) -> list[RejectedRecord]: ...
+
+    @abstractmethod
+    def add_metrics(self, run_id: str, records: Iterable[Any]) -> list[RejectedRecord]: ...
+
+    @abstractmethod
+    def get_metrics(self, run_id: str, name: str | None = None) -> list[Metric]: ...
+
+    @abstractmethod
+    def get_metric_names(self, run_id: str) -> list[str]: ...
 
     @abstractmethod
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None: ...
@@ -141,20 +117,24 @@ CREATE TABLE IF NOT EXISTS status_events (
     time REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS status_by_run ON status_events (run_id, time);
-CREATE TABLE IF NOT EXISTS metrics (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+CREATE TABLE IF NOT EXISTS run_events (
     run_id TEXT NOT NULL,
     name TEXT NOT NULL,
-    type TEXT NOT NULL,
-    value TEXT NOT NULL,
-    step INTEGER,
     time REAL NOT NULL,
-    description TEXT NOT NULL DEFAULT ''
+    data TEXT
 );
-CREATE INDEX IF NOT EXISTS metrics_by_run ON metrics (run_id, id);
-"""
+""" + METRICS_SCHEMA
+
+#: Columns added after the first release: ``ALTER TABLE runs ADD COLUMN`` on a database that lacks them.
+_ADDED_COLUMNS = {"parent_run_id": "TEXT", "root_run_id": "TEXT", "name": "TEXT"}
 
 _RUNNING_STATES = {RunStatus.RUNNING}
+_TERMINAL = (RunStatus.COMPLETED.value, RunStatus.FAILED.value, RunStatus.CANCELED.value)
+#: The status each run event gives a child run (``Microsoft.MachineLearning.Run.<name>``).
+EVENT_STATUS = {"Start": RunStatus.RUNNING, "Completed": RunStatus.COMPLETED, "Failed": RunStatus.FAILED,
+                "Canceled": RunStatus.CANCELED, "CancelRequested": RunStatus.CANCEL_REQUESTED}
+RUN_EVENTS = frozenset({*EVENT_STATUS, "Error", "Warning", "Heartbeat"})
+MAX_NAME = 255
 
 
 class SqliteRunStore(RunStore):
@@ -169,31 +149,77 @@ class SqliteRunStore(RunStore):
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(_SCHEMA)
+            with self._transaction() as db:
+                present = {row["name"] for row in db.execute("PRAGMA table_info(runs)")}
+                for column, kind in _ADDED_COLUMNS.items():
+                    if column not in present:
+                        db.execute(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
+                db.execute("CREATE INDEX IF NOT EXISTS runs_by_parent ON runs (parent_run_id, created)")
+                db.execute("CREATE INDEX IF NOT EXISTS events_by_run ON run_events (run_id, time)")
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``; ``ROLLBACK`` on any error (a failed ``COMMIT`` too)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+
     # -- runs --------------------------------------------------------------------------------
 
     def create_run(self, definition: RunDefinition) -> RunRecord:
+        definition.validate()
         now = time.time()
-        with self._lock:
-            if self._db.execute("SELECT 1 FROM runs WHERE run_id = ?", (definition.run_id,)).fetchone():
+        stored = (json.dumps(definition.to_dict(), allow_nan=False), json.dumps(definition.tags, allow_nan=False),
+                  json.dumps(definition.properties, allow_nan=False))
+        with self._transaction() as db:
+            if db.execute("SELECT 1 FROM runs WHERE run_id = ?", (definition.run_id,)).fetchone():
                 raise ValueError(f"run {definition.run_id!r} exists already")
-            number = self._db.execute("SELECT COUNT(*) FROM runs WHERE experiment = ?",
-                                      (definition.experiment,)).fetchone()[0] + 1
-            self._db.execute("BEGIN")
-            self._db.execute(
-                "INSERT INTO runs (run_id, experiment, status, target, number, created, definition, tags, properties)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            db.execute(
+                "INSERT INTO runs (run_id, experiment, status, target, number, created, definition, tags, properties,"
+                " root_run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (definition.run_id, definition.experiment, RunStatus.STARTING.value, definition.compute_target,
-                 number, now, json.dumps(definition.to_dict()), json.dumps(definition.tags),
-                 json.dumps(definition.properties)))
-            self._db.execute("INSERT INTO status_events VALUES (?, ?, ?)",
-                             (definition.run_id, RunStatus.STARTING.value, now))
-            self._db.execute("COMMIT")
+                 self._next_number(definition.experiment), now, *stored, definition.run_id))
+            db.execute("INSERT INTO status_events VALUES (?, ?, ?)", (definition.run_id, RunStatus.STARTING.value, now))
         return self.get_run(definition.run_id)
+
+    def create_child_run(self, run_id: str, parent_run_id: str, *, name: str | None = None,
+                         target: str | None = None, tags: dict[str, Any] | None = None,
+                         properties: dict[str, Any] | None = None) -> RunRecord:
+        """A child run of ``parent_run_id`` (same experiment and root), ``NotStarted`` until its Start event."""
+        if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id):
+            raise ValueError(f"run id {run_id!r} must be a letter or digit, then up to 254 letters, digits, '_', "
+                             "'-' or '.'")
+        for label, text in (("name", name), ("target", target)):
+            if text is not None and (not isinstance(text, str) or len(text) > MAX_NAME):
+                raise ValueError(f"{label}={text!r:.80} must be a string of at most {MAX_NAME} characters")
+        tags = validate_tags("tags", tags or {})
+        properties = validate_tags("properties", properties or {})
+        now = time.time()
+        with self._transaction() as db:
+            parent = self.get_run(parent_run_id)
+            if db.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone():
+                raise ValueError(f"run {run_id!r} exists already")
+            db.execute(
+                "INSERT INTO runs (run_id, experiment, status, target, number, created, definition, tags, properties,"
+                " parent_run_id, root_run_id, name) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, parent.experiment, RunStatus.NOT_STARTED.value, target or parent.target,
+                 self._next_number(parent.experiment), now, "{}", json.dumps(tags), json.dumps(properties),
+                 parent.run_id, parent.root_run_id, name))
+            db.execute("INSERT INTO status_events VALUES (?, ?, ?)", (run_id, RunStatus.NOT_STARTED.value, now))
+        return self.get_run(run_id)
+
+    def _next_number(self, experiment: str) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM runs WHERE experiment = ?", (experiment,)).fetchone()[0]) + 1
 
     def get_run(self, run_id: str) -> RunRecord:
         with self._lock:
@@ -202,103 +228,158 @@ class SqliteRunStore(RunStore):
                 raise RunNotFoundError(run_id)
             events = self._db.execute("SELECT status, time FROM status_events WHERE run_id = ? ORDER BY time",
                                       (run_id,)).fetchall()
-        return self._record(row, [(e["status"], e["time"]) for e in events])
+            record = self._record(row, [(e["status"], e["time"]) for e in events])
+            record.children = self.get_children(run_id)
+        return record
 
-    def list_runs(self, experiment: str | None = None) -> list[RunRecord]:
+    def get_children(self, run_id: str) -> list[RunRecord]:
+        """The run's direct child runs, oldest first."""
         with self._lock:
-            if experiment is None:
-                rows = self._db.execute("SELECT * FROM runs ORDER BY created DESC").fetchall()
-            else:
-                rows = self._db.execute("SELECT * FROM runs WHERE experiment = ? ORDER BY created DESC",
-                                        (experiment,)).fetchall()
+            rows = self._db.execute("SELECT * FROM runs WHERE parent_run_id = ? ORDER BY created, number",
+                                    (run_id,)).fetchall()
+        return [self._record(row, []) for row in rows]
+
+    def list_runs(self, experiment: str | None = None, *, include_children: bool = False) -> list[RunRecord]:
+        """The experiment's runs (every experiment's when None), newest first; child runs only when asked,
+        as ``Experiment.get_runs(include_children=False)`` does."""
+        where = [] if include_children else ["parent_run_id IS NULL"]
+        args: tuple[Any, ...] = ()
+        if experiment is not None:
+            where.append("experiment = ?")
+            args = (experiment,)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        with self._lock:
+            rows = self._db.execute(f"SELECT * FROM runs{clause} ORDER BY created DESC", args).fetchall()
         return [self._record(row, []) for row in rows]
 
     def list_experiments(self) -> list[tuple[str, int]]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT experiment, COUNT(*) AS n FROM runs GROUP BY experiment ORDER BY MAX(created) DESC").fetchall()
+                "SELECT experiment, COUNT(*) AS n FROM runs WHERE parent_run_id IS NULL GROUP BY experiment "
+                "ORDER BY MAX(created) DESC").fetchall()
         return [(row["experiment"], row["n"]) for row in rows]
 
     def unfinished_runs(self) -> list[RunRecord]:
+        """The executor's runs that have not finished (child runs are their own run's, never the executor's)."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT * FROM runs WHERE status NOT IN (?, ?, ?) ORDER BY created",
-                (RunStatus.COMPLETED.value, RunStatus.FAILED.value, RunStatus.CANCELED.value)).fetchall()
+                "SELECT * FROM runs WHERE status NOT IN (?, ?, ?) AND parent_run_id IS NULL ORDER BY created",
+                _TERMINAL).fetchall()
         return [self._record(row, []) for row in rows]
+
+    def snapshot_ids_in_use(self) -> set[str]:
+        """The snapshots of runs that have not finished (the orphan-snapshot sweep keeps these)."""
+        return {str(record.definition.get("snapshot_id")) for record in self.unfinished_runs()}
 
     def set_status(self, run_id: str, status: RunStatus, *, error: dict[str, Any] | None = None,
                    exit_code: int | None = None) -> None:
+        with self._transaction() as db:
+            self._set_status(db, run_id, status, error=error, exit_code=exit_code)
+
+    def _set_status(self, db: sqlite3.Connection, run_id: str, status: RunStatus, *,
+                    error: dict[str, Any] | None = None, exit_code: int | None = None) -> None:
+        """Inside a transaction: the new status with its time, unless the run has finished already."""
         now = time.time()
+        updates: dict[str, Any] = {"status": status.value}
+        if error is not None:
+            updates["error"] = json.dumps(error, allow_nan=False)
+        if exit_code is not None:
+            updates["exit_code"] = int(exit_code)
+        current = self.get_run(run_id)
+        if current.status.is_terminal:
+            return
+        if status in _RUNNING_STATES and current.started is None:
+            updates["started"] = now
+        if status.is_terminal:
+            updates["ended"] = now
+        assignments = ", ".join(f"{key} = ?" for key in updates)
+        db.execute(f"UPDATE runs SET {assignments} WHERE run_id = ?", (*updates.values(), run_id))
+        db.execute("INSERT INTO status_events VALUES (?, ?, ?)", (run_id, status.value, now))
+
+    def post_event(self, run_id: str, name: str, *, error: dict[str, Any] | None = None) -> RunRecord:
+        """Record a run event (``Start``, ``Completed``, ``Failed``, ``Canceled``, ``Error``, ...).
+
+        A child run takes its status from the event; a run the executor submitted keeps the status the
+        executor gives it (its azureml-core's ``fail()`` posts ``Error`` only). ``Error`` keeps the error
+        on the run. ValueError for an event name that is not Azure's.
+        """
+        if name not in RUN_EVENTS:
+            raise ValueError(f"run event {name!r:.80} is not one of Azure ML's: {sorted(RUN_EVENTS)}")
+        data = json.dumps(error, allow_nan=False) if error is not None else None
+        with self._transaction() as db:
+            record = self.get_run(run_id)
+            db.execute("INSERT INTO run_events VALUES (?, ?, ?, ?)", (run_id, name, time.time(), data))
+            if data is not None and record.error is None:
+                db.execute("UPDATE runs SET error = ? WHERE run_id = ?", (data, run_id))
+            if record.parent_run_id is not None and name in EVENT_STATUS:
+                self._set_status(db, run_id, EVENT_STATUS[name])
+        return self.get_run(run_id)
+
+    def get_events(self, run_id: str) -> list[tuple[str, float]]:
+        """The run events posted for the run: (name, unix time), oldest first."""
         with self._lock:
-            current = self.get_run(run_id)
-            if current.status.is_terminal:
-                return
-            self._db.execute("BEGIN")
-            updates = {"status": status.value}
-            if status in _RUNNING_STATES and current.started is None:
-                updates["started"] = now
-            if status.is_terminal:
-                updates["ended"] = now
-            if error is not None:
-                updates["error"] = json.dumps(error)
-            if exit_code is not None:
-                updates["exit_code"] = exit_code
-            assignments = ", ".join(f"{key} = ?" for key in updates)
-            self._db.execute(f"UPDATE runs SET {assignments} WHERE run_id = ?", (*updates.values(), run_id))
-            self._db.execute("INSERT INTO status_events VALUES (?, ?, ?)", (run_id, status.value, now))
-            self._db.execute("COMMIT")
+            rows = self._db.execute("SELECT name, time FROM run_events WHERE run_id = ? ORDER BY time",
+                                    (run_id,)).fetchall()
+        return [(row["name"], row["time"]) for row in rows]
 
     # -- history -----------------------------------------------------------------------------
 
-    def apply_history(self, run_id: str, records: Iterable[dict[str, Any]], new_offset: int) -> None:
-        with self._lock:
-            run = self.get_run(run_id)
-            tags, properties = dict(run.tags), dict(run.properties)
-            self._db.execute("BEGIN")
-            for record in records:
-                kind = record.get("kind")
-                if kind == "metric":
-                    self._db.execute(
-                        "INSERT INTO metrics (run_id, name, type, value, step, time, description) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (run_id, str(record.get("name")), str(record.get("type", "scalar")),
-                         json.dumps(record.get("value")), record.get("step"), float(record.get("time", time.time())),
-                         str(record.get("description") or "")))
-                elif kind == "tags":
-                    tags.update(record.get("values") or {})
-                elif kind == "tags_removed":
-                    for key in record.get("values") or []:
-                        tags.pop(key, None)
-                elif kind == "properties":
-                    properties.update(record.get("values") or {})
-            self._db.execute("UPDATE runs SET tags = ?, properties = ?, history_offset = ? WHERE run_id = ?",
-                             (json.dumps(tags), json.dumps(properties), new_offset, run_id))
-            self._db.execute("COMMIT")
+    def apply_history(self, run_id: str, records: Iterable[Any], new_offset: int) -> list[RejectedRecord]:
+        """Store what a run reported (metrics, tags, properties) and the new history offset, in one transaction.
 
-    def get_metrics(self, run_id: str) -> list[Metric]:
+        Each record is checked and converted before ``BEGIN``; a bad one is skipped and returned, for the
+        caller to state in the run's driver log. Other kinds (file, error, exited) are the caller's.
+        """
+        run = self.get_run(run_id)
+        rows, tags, properties, rejected = check_history(records, run.tags, run.properties, time.time())
+        with self._transaction() as db:
+            insert_metrics(db, run_id, rows)
+            db.execute("UPDATE runs SET tags = ?, properties = ?, history_offset = ? WHERE run_id = ?",
+                       (json.dumps(tags), json.dumps(properties), int(new_offset), run_id))
+        return rejected
+
+    def add_metrics(self, run_id: str, records: Iterable[Any]) -> list[RejectedRecord]:
+        """Append metric records (``{"name", "type", "value", "step", "time"}``) in one transaction; a bad one
+        is skipped and returned with its reason (``records.check_metric``)."""
+        self.get_run(run_id)
+        rows, rejected = check_metrics(records)
+        with self._transaction() as db:
+            insert_metrics(db, run_id, rows)
+        return rejected
+
+    def get_metrics(self, run_id: str, name: str | None = None) -> list[Metric]:
         self.get_run(run_id)
         with self._lock:
-            rows = self._db.execute("SELECT * FROM metrics WHERE run_id = ? ORDER BY id", (run_id,)).fetchall()
-        return [Metric(r["name"], r["type"], json.loads(r["value"]), r["time"], r["step"], r["description"])
-                for r in rows]
+            return read_metrics(self._db, run_id, name)
+
+    def get_metric_names(self, run_id: str) -> list[str]:
+        self.get_run(run_id)
+        with self._lock:
+            return metric_names(self._db, run_id)
 
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
-        with self._lock:
-            run = self.get_run(run_id)
-            self._db.execute("UPDATE runs SET tags = ? WHERE run_id = ?", (json.dumps({**run.tags, **tags}), run_id))
+        """Merge ``tags`` into the run's (a None value is a tag without a value); ValueError naming the entry
+        for a bad key or value."""
+        validate_tags("tags", tags)
+        with self._transaction() as db:
+            merged = validate_tags("tags", {**self.get_run(run_id).tags, **tags})
+            db.execute("UPDATE runs SET tags = ? WHERE run_id = ?", (json.dumps(merged), run_id))
 
     def add_properties(self, run_id: str, properties: dict[str, Any]) -> None:
-        with self._lock:
-            run = self.get_run(run_id)
-            clashes = sorted(k for k, v in properties.items() if k in run.properties and run.properties[k] != v)
+        """Add properties; :class:`PropertyConflictError` when one is set already with another value."""
+        validate_tags("properties", properties)
+        with self._transaction() as db:
+            current = self.get_run(run_id).properties
+            clashes = sorted(k for k, v in properties.items() if k in current and current[k] != v)
             if clashes:
-                raise ValueError(f"Properties are immutable once set: {clashes}")
-            self._db.execute("UPDATE runs SET properties = ? WHERE run_id = ?",
-                             (json.dumps({**run.properties, **properties}), run_id))
+                raise PropertyConflictError(clashes)
+            merged = validate_tags("properties", {**current, **properties})
+            db.execute("UPDATE runs SET properties = ? WHERE run_id = ?", (json.dumps(merged), run_id))
 
     def set_files(self, run_id: str, files: list[str]) -> None:
-        with self._lock:
-            self._db.execute("UPDATE runs SET files = ? WHERE run_id = ?", (json.dumps(sorted(files)), run_id))
+        listing = json.dumps(sorted(files))
+        with self._transaction() as db:
+            db.execute("UPDATE runs SET files = ? WHERE run_id = ?", (listing, run_id))
 
     @staticmethod
     def _record(row: sqlite3.Row, events: list[tuple[str, float]]) -> RunRecord:
@@ -310,39 +391,6 @@ class SqliteRunStore(RunStore):
             tags=json.loads(row["tags"]), properties=json.loads(row["properties"]),
             files=json.loads(row["files"]) if row["files"] else None,
             exit_code=row["exit_code"], history_offset=row["history_offset"], number=row["number"],
-            status_history=events,
+            status_history=events, parent_run_id=row["parent_run_id"], root_run_id=row["root_run_id"] or "",
+            name=row["name"],
         )
-
-
-def metrics_summary(metrics: list[Metric]) -> dict[str, Any]:
-    """``get_metrics()``'s shape: a scalar logged once is a value, logged several times a list; log_list a
-    list; log_row/log_table a dict of columns; an image its artifact path."""
-    grouped: dict[str, list[Metric]] = {}
-    for metric in metrics:
-        grouped.setdefault(metric.name, []).append(metric)
-    result: dict[str, Any] = {}
-    for name, items in grouped.items():
-        kind = items[0].type
-        if kind == "scalar":
-            values = [m.value for m in items]
-            result[name] = values[0] if len(values) == 1 else values
-        elif kind == "list":
-            merged: list[Any] = []
-            for m in items:
-                merged += list(m.value)
-            result[name] = merged
-        elif kind == "row":
-            table: dict[str, list[Any]] = {}
-            for m in items:
-                for column, value in m.value.items():
-                    table.setdefault(column, []).append(value)
-            result[name] = table
-        elif kind == "table":
-            table = {}
-            for m in items:
-                for column, values in m.value.items():
-                    table.setdefault(column, []).extend(values if isinstance(values, list) else [values])
-            result[name] = table
-        else:
-            result[name] = items[-1].value
-    return result

@@ -6,12 +6,14 @@ import json
 import os
 import re
 import subprocess
+import textwrap
 from pathlib import Path
 
 import pytest
 
 from sandbox import aml
 from sandbox.aml.exceptions import ActivityFailedException
+from sandbox.service.auth import read_token
 from tests.integration.conftest import SandboxEnv, inspect, run_containers
 from tests.integration.helpers import driver_log, submit, wait_for_log_line, wait_for_status, write_script
 
@@ -188,17 +190,25 @@ def test_second_submit_reuses_the_image_and_the_unchanged_data(
     assert "['a.bin']" in driver_log(second)
 
 
-def _start_forever(tmp_path: Path) -> aml.Run:
-    """A run that prints 'started' and never ends, once it has started."""
-    write_script(tmp_path / "src", "forever.py", """
+def _start_forever(tmp_path: Path, before: str = "") -> aml.Run:
+    """A run that runs ``before`` (Python lines), prints 'started' and never ends, once it has started."""
+    forever = """
         import time
         print("started", flush=True)
         while True:
             time.sleep(0.2)
-        """)
+        """
+    write_script(tmp_path / "src", "forever.py", textwrap.dedent(before) + textwrap.dedent(forever))
     run = submit(tmp_path / "src", "forever.py")
     wait_for_log_line(run, "started")
     return run
+
+
+def _container_of(run: aml.Run) -> str:
+    found = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=aml-sandbox.run-id={run.id}"],
+                           capture_output=True, text=True, check=True).stdout.split()
+    assert len(found) == 1, f"expected one container for run {run.id}, found {found}"
+    return found[0]
 
 
 @pytest.mark.parity
@@ -212,20 +222,45 @@ def test_cancel_ends_the_run_canceled_with_no_container_left(
     assert "started" in driver_log(run)
 
 
+PRIVILEGES = """
+    import json, os
+    status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line)
+    seen = {key: status[key].strip() for key in ("NoNewPrivs", "CapEff", "CapPrm", "CapBnd", "CapAmb")}
+    seen.update(uid=os.getuid(), gid=os.getgid(), socket=os.path.exists("/var/run/docker.sock"))
+    print("PRIVILEGES " + json.dumps(seen), flush=True)
+    """
+
+
+@pytest.mark.local_only
+def test_a_run_container_has_no_privileges_no_docker_socket_and_no_storage_key(
+        workspace_env: SandboxEnv, stack: SandboxEnv, tmp_path: Path, no_leftover_containers: None) -> None:
+    run = _start_forever(tmp_path, before=PRIVILEGES)
+    attrs = inspect(_container_of(run))
+    host = attrs["HostConfig"]
+    assert {"no-new-privileges", "no-new-privileges:true"} & set(host.get("SecurityOpt") or []), host["SecurityOpt"]
+    assert host["CapDrop"] == ["ALL"] and not host.get("CapAdd") and not host["Privileged"]
+    assert attrs["Config"]["User"] == "1000:1000"
+    assert host["Memory"] == int(7.0 * 1024**3)  # cpu-cluster: STANDARD_D2_V2, 7 GiB, 2 cores
+    assert host["NanoCpus"] == 2 * 10**9
+    assert host["ShmSize"] == 2 * 1024**3
+    assert not any("docker.sock" in m["Source"] or "docker.sock" in m["Destination"] for m in attrs["Mounts"])
+    environment = "\n".join(attrs["Config"]["Env"])
+    for secret in (workspace_env.settings.account_key, read_token(stack.settings.home), "AccountKey="):
+        assert secret and secret not in environment, "a storage key or the stack token is in the run's environment"
+
+    seen = json.loads(driver_log(run).split("PRIVILEGES ", 1)[1].splitlines()[0])
+    assert seen["NoNewPrivs"] == "1", seen
+    assert seen["CapEff"] == seen["CapPrm"] == seen["CapBnd"] == seen["CapAmb"] == "0" * 16, seen
+    assert (seen["uid"], seen["gid"], seen["socket"]) == (1000, 1000, False), seen
+    run.cancel()
+    assert wait_for_status(run, {"Canceled", "Failed", "Completed"}, timeout=60) == "Canceled"
+
+
 @pytest.mark.local_only
 def test_a_killed_container_ends_the_run_failed_with_a_reason(
         workspace_env: SandboxEnv, tmp_path: Path, no_leftover_containers: None) -> None:
     run = _start_forever(tmp_path)
-    (container,) = run_containers(workspace_env.settings.project)
-    attrs = inspect(container)
-    assert attrs["Config"]["User"] == "1000:1000"
-    assert attrs["HostConfig"]["CapDrop"] == ["ALL"]
-    assert attrs["HostConfig"]["Memory"] == int(7.0 * 1024**3)  # cpu-cluster: STANDARD_D2_V2, 7 GiB, 2 cores
-    assert attrs["HostConfig"]["NanoCpus"] == 2 * 10**9
-    assert attrs["HostConfig"]["ShmSize"] == 2 * 1024**3
-    assert not any("docker.sock" in m["Source"] for m in attrs["Mounts"])
-    assert not any(key in " ".join(attrs["Config"]["Env"]) for key in ("AccountKey", "Eby8vdM02"))
-    subprocess.run(["docker", "kill", container], check=True, capture_output=True)
+    subprocess.run(["docker", "kill", _container_of(run)], check=True, capture_output=True)
     assert wait_for_status(run, {"Failed", "Completed", "Canceled"}, timeout=60) == "Failed"
     error = run.get_details()["error"]["error"]["message"]
     assert "stopped from outside" in error and "137" in error

@@ -19,7 +19,15 @@ from sandbox import aml
 from sandbox.errors import ServiceUnavailableError
 from sandbox.service.auth import read_token
 from tests.integration.conftest import REPO, SandboxEnv, free_port, inspect, run_containers
-from tests.integration.helpers import driver_log, experiment_name, page, submit, wait_for_log_line, write_script
+from tests.integration.helpers import (
+    driver_log,
+    experiment_name,
+    page,
+    submit,
+    tcp_listeners,
+    wait_for_log_line,
+    write_script,
+)
 
 TICKER = """
     import sys, time
@@ -77,7 +85,12 @@ def test_a_run_survives_a_restart_of_the_service(
 
 @pytest.mark.local_only
 def test_calls_without_the_token_are_refused_and_start_nothing(
-        workspace_env: SandboxEnv, stack: SandboxEnv) -> None:
+        workspace_env: SandboxEnv, stack: SandboxEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        no_leftover_containers: None) -> None:
+    import uuid
+
+    from sandbox.service.client import ServiceClient
+
     base = stack.settings.service_url
     before = run_containers(stack.settings.project)
     runs_before = httpx.get(f"{base}/api/runs").json()
@@ -90,14 +103,37 @@ def test_calls_without_the_token_are_refused_and_start_nothing(
                          headers=headers).status_code == 401
         assert httpx.post(f"{base}/api/runs/x_1_abcdef12/cancel", headers=headers).status_code == 401
     token = {"Authorization": f"Bearer {read_token(stack.settings.home)}"}
-    assert httpx.post(f"{base}/api/runs", content=b"{not json", headers=token).status_code == 400
-    bad_id = {"definition": {"run_id": "../../etc"}}
-    assert httpx.post(f"{base}/api/runs", json=bad_id, headers=token).status_code == 400
-    assert httpx.post(f"{base}/api/runs", json=definition, headers=token).status_code == 400  # no such snapshot
+    malformed = httpx.post(f"{base}/api/runs", content=b"{not json", headers=token)
+    assert malformed.status_code == 400 and "not JSON" in malformed.text, malformed.text
+
+    # A complete definition as the facade sends it (its snapshot uploaded), kept instead of submitted.
+    write_script(tmp_path / "src", "a.py", "print('accepted')\n")
+    sent: list[dict] = []
+
+    def keep(self: ServiceClient, definition: dict, image_build_log: str | None = None) -> dict:
+        sent.append(definition)
+        raise RuntimeError("kept, not submitted")
+
+    monkeypatch.setattr(ServiceClient, "submit", keep)
+    with pytest.raises(RuntimeError, match="kept, not submitted"):
+        submit(tmp_path / "src", "a.py")
+    (valid,) = sent
+    bad_id = httpx.post(f"{base}/api/runs", json={"definition": {**valid, "run_id": "../../etc"}}, headers=token)
+    assert bad_id.status_code == 400 and "run_id" in bad_id.text and "../../etc" in bad_id.text, bad_id.text
+    unknown = str(uuid.uuid4())
+    no_snapshot = httpx.post(f"{base}/api/runs", json={"definition": {**valid, "snapshot_id": unknown}},
+                             headers=token)
+    assert no_snapshot.status_code == 400 and unknown in no_snapshot.text, no_snapshot.text
     assert httpx.get(f"{base}/api/runs").json() == runs_before
     assert run_containers(stack.settings.project) == before
     token_file = stack.settings.home / "token"
     assert token_file.stat().st_mode & 0o777 == 0o600
+
+    # The same definition with its own run id is accepted: only the run id made it invalid above.
+    accepted = httpx.post(f"{base}/api/runs", json={"definition": valid}, headers=token)
+    assert accepted.status_code == 201, accepted.text
+    run = aml.Run(aml.Experiment(aml.Workspace.from_config(), valid["experiment"]), valid["run_id"])
+    assert run.wait_for_completion()["status"] == "Completed"
 
 
 @pytest.mark.local_only
@@ -107,11 +143,11 @@ def test_service_and_azurite_listen_on_loopback_only(stack: SandboxEnv) -> None:
         attrs = inspect(container_id)
         bindings = [b for spec in attrs["HostConfig"]["PortBindings"].values() for b in spec]
         assert {b["HostIp"] for b in bindings} == {"127.0.0.1"}, (service, bindings)
-        external = [ip for ip in subprocess.run(["hostname", "-I"], capture_output=True, text=True).stdout.split()
-                    if ":" not in ip and not ip.startswith("127.")]
+        # What the kernel listens on for the published port: loopback only, and something does listen.
+        assert tcp_listeners(port) == {"127.0.0.1"}, (service, tcp_listeners(port))
         with socket.socket() as sock:
             sock.settimeout(2)
-            assert sock.connect_ex((external[0], port)) != 0
+            assert sock.connect_ex(("127.0.0.1", port)) == 0, f"{service} does not answer on 127.0.0.1:{port}"
 
 
 @pytest.mark.local_only

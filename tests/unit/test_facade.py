@@ -155,15 +155,17 @@ def test_data_reference_in_arguments_is_not_serializable(ws: aml.Workspace, tmp_
 
 def test_unknown_compute_target_names_the_known_ones(ws: aml.Workspace, tmp_path: Path) -> None:
     config = _config(ws, tmp_path, [], compute="gpu-cluster")
-    with pytest.raises(UserErrorException, match=r"Compute target 'gpu-cluster' was not found.*'cpu-cluster'"):
+    with pytest.raises(UserErrorException, match=r"Compute target 'gpu-cluster' was not found.*'cpu-cluster'") as error:
         aml.Experiment(ws, "exp").submit(config)
+    assert "AML_SANDBOX_COMPUTE_TARGETS" in error.value.message, "the message does not say how to add a target"
 
 
 def test_missing_script_is_refused_at_submit(ws: aml.Workspace, tmp_path: Path) -> None:
     config = _config(ws, tmp_path, [])
     config.script = "nope.py"
-    with pytest.raises(UserErrorException, match=r"The script 'nope\.py' was not found in source_directory"):
+    with pytest.raises(UserErrorException, match=r"The script 'nope\.py' was not found in source_directory") as error:
         aml.Experiment(ws, "exp").submit(config)
+    assert str(tmp_path / "src") in error.value.message, "the message does not name the source directory"
 
 
 def test_target_azure_without_configuration_gives_one_clear_message(tmp_path: Path) -> None:

@@ -1,17 +1,35 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 from sandbox import azurite
 from sandbox.images import DebianBaseRecipe, DockerfileRecipe, PythonImageRecipe
 
+REPO = Path(azurite.__file__).resolve().parents[2]
 
-def test_recipe_hash_is_stable_and_tags_the_image() -> None:
-    assert azurite.recipe().hash == azurite.recipe().hash
-    assert azurite.recipe().reference == f"aml-sandbox/azurite:{azurite.recipe().hash}"
-    assert len(azurite.recipe().hash) == 32
+
+def test_recipe_hash_is_stable_and_tags_the_image(tmp_path: Path) -> None:
+    """The hash is the recipe's content only: not its folder's path, its files' times, nor the process."""
+    here = azurite.recipe()
+    context = tmp_path / "elsewhere"
+    shutil.copytree(here.context, context)
+    for path in context.rglob("*"):
+        os.utime(path, (0, 0))
+    moved = DockerfileRecipe(name=here.name, repository=here.repository, context=context, base=here.base,
+                             build_args=here.build_args)
+    assert moved.hash == here.hash, "the hash depends on where the recipe folder is or on file times"
+    other = subprocess.run([sys.executable, "-c", "from sandbox import azurite; print(azurite.recipe().hash)"],
+                           capture_output=True, text=True, check=True, cwd=REPO,
+                           env={**os.environ, "PYTHONHASHSEED": "12345"}).stdout.strip()
+    assert other == here.hash, "another process computes another hash"
+    assert re.fullmatch(r"[0-9a-f]{32}", here.hash)
+    assert here.reference == f"aml-sandbox/azurite:{here.hash}"
 
 
 def test_dockerfile_change_changes_the_hash(tmp_path: Path) -> None:
@@ -59,5 +77,16 @@ def test_user_environments_install_as_written_with_azureml_defaults_as_azureml_c
 
     definition = {"name": "mine", "python": {"condaDependencies": {"dependencies": [
         "python=3.8.13", "numpy=1.26.4", "pip", {"pip": ["azureml-defaults", "six==1.17.0"]}]}}}
-    assert pip_requirements(definition) == ("numpy==1.26.4", "azureml-core==1.61.0.post4", "six==1.17.0")
+    # conda's single '=' is a prefix match (1.26.4, 1.26.4.1, ...); pip's form of it is '==1.26.4.*'
+    assert pip_requirements(definition) == ("numpy==1.26.4.*", "azureml-core==1.61.0.post4", "six==1.17.0")
     assert requested_python(definition) == "3.8.13"
+
+
+def test_the_service_side_imports_the_image_names_it_needs_without_packaging() -> None:
+    """The service image has no ``packaging``: only the host side maps environments (sandbox.environment_mapping)."""
+    import subprocess
+    import sys
+
+    code = "import sys; sys.modules['packaging'] = None; import sandbox.local_runner, sandbox.image_builder"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr

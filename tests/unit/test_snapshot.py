@@ -111,3 +111,86 @@ def test_submit_turns_the_limit_into_azures_snapshot_exception(tmp_path: Path, m
     monkeypatch.setattr("sandbox.aml.experiment._Submission._image", lambda self, env: ("img", "python", None))
     with pytest.raises(SnapshotException, match=r"Your total snapshot size exceeds the limit of 300\.0 MB"):
         aml.Experiment(ws, "exp").submit(config)
+
+
+def _archive(path: Path, members: list[tuple[str, int]]) -> Path:
+    """A .tar.gz of zero-filled files of the given sizes (tiny compressed, large unpacked)."""
+    import io
+
+    with tarfile.open(path, "w:gz", compresslevel=1) as tar:
+        for name, size in members:
+            info = tarfile.TarInfo(name)
+            info.size = size
+            tar.addfile(info, io.BytesIO(bytes(size)) if size < 4 * 1024 * 1024 else _Zeros(size))
+    return path
+
+
+class _Zeros:
+    def __init__(self, size: int) -> None:
+        self.left = size
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.left if n < 0 else min(n, self.left)
+        self.left -= n
+        return bytes(n)
+
+
+def test_extract_stops_at_the_300_mb_of_files_before_writing_past_it(tmp_path: Path) -> None:
+    bomb = _archive(tmp_path / "bomb.tar.gz", [("a.bin", 1024 * 1024), ("b.bin", 300 * 1024 * 1024)])
+    assert bomb.stat().st_size < 3 * 1024 * 1024  # a gzip bomb: under 3 MB uploaded
+    with pytest.raises(snapshot.SnapshotLimitError, match=r"Your total snapshot size exceeds the limit of 300\.0 MB"):
+        snapshot.extract(bomb, tmp_path / "wd")
+    written = sum(p.stat().st_size for p in (tmp_path / "wd").rglob("*") if p.is_file())
+    assert written <= 1024 * 1024  # b.bin was refused from its header, before a byte of it was written
+    with pytest.raises(snapshot.SnapshotLimitError, match=r"exceeds the limit of 300\.0 MB"):
+        snapshot.check_archive(bomb)
+
+
+def test_extract_counts_members_and_stops_at_the_limit(tmp_path: Path) -> None:
+    many = _archive(tmp_path / "many.tar.gz", [(f"f{i}", 0) for i in range(60)])
+    with pytest.raises(snapshot.SnapshotLimitError, match="more than 50 members"):
+        snapshot.extract(many, tmp_path / "wd", max_members=50)
+    assert len(list((tmp_path / "wd").iterdir())) <= 50
+    assert snapshot.check_archive(many) == 0
+
+
+def test_a_snapshot_within_the_limits_unpacks_byte_for_byte(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AML_SNAPSHOT_NO_FILE_LIMIT", "1")
+    files = {f"pkg/m{i}.py": (b"" if i % 3 == 0 else os.urandom(512 * (i % 4) + i)) for i in range(300)}
+    src = _tree(tmp_path / "src", {**files, "train.py": b"print('hi')\n"})
+    taken = snapshot.take(src, tmp_path / "cache")
+    assert snapshot.check_archive(taken.archive) == taken.size
+    names = snapshot.extract(taken.archive, tmp_path / "wd")
+    assert sorted(names) == sorted(taken.files)
+    assert all((tmp_path / "wd" / n).read_bytes() == (src / n).read_bytes() for n in names)
+
+
+def test_a_huge_tar_header_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    evil = tmp_path / "pax.tar.gz"
+    with tarfile.open(evil, "w:gz", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("x")
+        info.pax_headers = {"comment": "c" * (5 * 1024 * 1024)}
+        tar.addfile(info, None)
+    with pytest.raises(snapshot.SnapshotLimitError, match="larger than 4194304 bytes"):
+        snapshot.check_archive(evil)
+
+
+def test_orphan_snapshots_older_than_an_hour_are_removed_and_nothing_else(tmp_path: Path) -> None:
+    folder = tmp_path / "snapshots"
+    (folder / "manifests").mkdir(parents=True)
+    old_id, kept_id, new_id = (f"0f8fad5b-d9cb-469f-a165-7086772895{i:02d}" for i in range(3))
+    names = [f"{old_id}.tar.gz", f"{old_id}.build.log", f"{old_id}.tar.part", f"{kept_id}.tar.gz",
+             f"{new_id}.tar.gz", "notes.txt", "manifests/abc.json"]
+    for name in names:
+        (folder / name).write_text("x")
+        os.utime(folder / name, (1000.0, 1000.0))
+    os.utime(folder / f"{new_id}.tar.gz", (10_000.0, 10_000.0))
+    os.symlink(tmp_path / "victim", folder / f"{'1' * 8}-d9cb-469f-a165-708677289500.tar.gz")
+    (tmp_path / "victim").write_text("keep me")
+    removed = snapshot.remove_orphans(folder, keep={kept_id}, now=1000.0 + 3601)
+    assert removed == sorted([f"{old_id}.tar.gz", f"{old_id}.build.log", f"{old_id}.tar.part"])
+    left = {p.relative_to(folder).as_posix() for p in folder.rglob("*")}
+    assert left == {f"{kept_id}.tar.gz", f"{new_id}.tar.gz", "notes.txt", "manifests", "manifests/abc.json",
+                    f"{'1' * 8}-d9cb-469f-a165-708677289500.tar.gz"}
+    assert (tmp_path / "victim").read_text() == "keep me"
+    assert snapshot.remove_orphans(tmp_path / "missing", keep=set()) == []

@@ -1,0 +1,280 @@
+"""The stack's certificate authority: what the TLS-terminating proxy signs its leaf certificates with.
+
+Made with ``cryptography`` at first use and kept in the state folder:
+
+- ``<home>/proxy/ca.key``: the CA's private key followed by its certificate, mode 0600 (user-only), owned by
+  the state folder's owner. One file, so the key and its certificate appear together or not at all: it is
+  written to a temporary file and linked into place, and two processes creating it at once (``aml-sandbox
+  up`` on the host, the proxy in its container) end with the same CA.
+- ``<home>/proxy/ca.pem``: the CA certificate alone (public).
+- ``<home>/proxy/ca-bundle.pem``: certifi's public roots followed by the CA, for ``REQUESTS_CA_BUNDLE``
+  (requests, azure-core) and ``SSL_CERT_FILE`` (OpenSSL, rslex): clients that trust it reach the public
+  internet through the proxy's tunnels as before, and the local blob storage through its leaves.
+
+Leaf certificates (one per host name, the name in subjectAltName, a key shared by all leaves) are minted on
+demand and cached in memory only; nothing but the CA is written to disk.
+"""
+
+from __future__ import annotations
+
+import datetime
+import errno
+import ipaddress
+import os
+import ssl
+import tempfile
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+PROXY_FOLDER = "proxy"
+KEY_FILE = "ca.key"
+CERT_FILE = "ca.pem"
+BUNDLE_FILE = "ca-bundle.pem"
+CA_NAME = "aml-sandbox local stack CA"
+CA_LIFETIME = datetime.timedelta(days=3650)
+#: Leaves live in memory only; they are minted again well before they expire.
+LEAF_LIFETIME = datetime.timedelta(days=30)
+LEAF_RENEW_AFTER = datetime.timedelta(days=7)
+#: Host names whose leaves are kept (least recently used go first).
+LEAF_CACHE_SIZE = 256
+#: Backdating, so a client whose clock is a little behind still accepts a fresh certificate.
+CLOCK_SKEW = datetime.timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class CAFiles:
+    """Where one stack keeps its CA."""
+
+    folder: Path
+
+    @classmethod
+    def for_home(cls, home: Path) -> CAFiles:
+        return cls(home / PROXY_FOLDER)
+
+    @property
+    def key(self) -> Path:
+        return self.folder / KEY_FILE
+
+    @property
+    def cert(self) -> Path:
+        return self.folder / CERT_FILE
+
+    @property
+    def bundle(self) -> Path:
+        return self.folder / BUNDLE_FILE
+
+
+class StackCA:
+    """The CA (loaded, or made at first use) and the leaf certificates it signs."""
+
+    def __init__(self, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate, files: CAFiles) -> None:
+        self.key = key
+        self.cert = cert
+        self.files = files
+        self._leaf_key = ec.generate_private_key(ec.SECP256R1())
+        self._leaves: OrderedDict[str, tuple[ssl.SSLContext, datetime.datetime]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def ensure(cls, home: Path) -> StackCA:
+        """Load the stack's CA from ``<home>/proxy``, making it first if it does not exist; write the bundle."""
+        files = CAFiles.for_home(home)
+        home.mkdir(parents=True, exist_ok=True)
+        owner = home.stat()
+        _make_folder(files.folder, owner)
+        try:
+            pem = _read_private(files.key)
+        except FileNotFoundError:
+            _create_private(files.key, _new_ca_pem(), owner)
+            pem = _read_private(files.key)
+        try:
+            key = serialization.load_pem_private_key(pem, password=None)
+            cert = x509.load_pem_x509_certificate(pem[pem.index(b"-----BEGIN CERTIFICATE-----"):])
+        except ValueError as exc:
+            raise ValueError(f"{files.key} does not hold the stack's CA key and certificate ({exc}); delete "
+                             f"{files.folder} and start the stack again (clients must then trust the new "
+                             f"{files.bundle})") from exc
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ValueError(f"{files.key} holds a {type(key).__name__}, not the EC key the stack's CA uses; delete "
+                             f"{files.folder} and start the stack again")
+        ca = cls(key, cert, files)
+        cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+        _write_public(files.cert, cert_pem, owner)
+        _write_public(files.bundle, _public_roots() + b"\n" + cert_pem, owner)
+        return ca
+
+    # -- leaves ------------------------------------------------------------------------------
+
+    def leaf_pem(self, host: str) -> tuple[bytes, bytes]:
+        """(certificate chain, private key) in PEM for ``host``: a new leaf signed by the CA."""
+        now = datetime.datetime.now(datetime.UTC)
+        ca_ski = self.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        leaf = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host[:64])]))
+            .issuer_name(self.cert.subject)
+            .public_key(self._leaf_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - CLOCK_SKEW)
+            .not_valid_after(now + LEAF_LIFETIME)
+            .add_extension(x509.SubjectAlternativeName([_general_name(host)]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                         data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                                         crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(self._leaf_key.public_key()), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
+            .sign(self.key, hashes.SHA256())
+        )
+        chain = leaf.public_bytes(serialization.Encoding.PEM) + self.cert.public_bytes(serialization.Encoding.PEM)
+        key = self._leaf_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption())
+        return chain, key
+
+    def server_context(self, host: str) -> ssl.SSLContext:
+        """A server-side TLS context presenting a leaf for ``host`` (cached in memory, re-minted before expiry)."""
+        host = host.lower()
+        now = datetime.datetime.now(datetime.UTC)
+        with self._lock:
+            cached = self._leaves.get(host)
+            if cached is not None and now - cached[1] < LEAF_RENEW_AFTER:
+                self._leaves.move_to_end(host)
+                return cached[0]
+        context = self._new_context(host)
+        with self._lock:
+            self._leaves[host] = (context, now)
+            self._leaves.move_to_end(host)
+            while len(self._leaves) > LEAF_CACHE_SIZE:
+                self._leaves.popitem(last=False)
+        return context
+
+    def _new_context(self, host: str) -> ssl.SSLContext:
+        chain, key = self.leaf_pem(host)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.set_alpn_protocols(["http/1.1"])
+        # ssl loads certificates from files only: a private folder, removed at once.
+        with tempfile.TemporaryDirectory(prefix="aml-sandbox-leaf-") as folder:
+            cert_path, key_path = Path(folder) / "leaf.pem", Path(folder) / "leaf.key"
+            cert_path.write_bytes(chain)
+            fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(key)
+            context.load_cert_chain(cert_path, key_path)
+        return context
+
+
+# -- the CA itself ---------------------------------------------------------------------------
+
+
+def _new_ca_pem() -> bytes:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, CA_NAME),
+                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, "aml-sandbox")])
+    now = datetime.datetime.now(datetime.UTC)
+    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_after(now + CA_LIFETIME)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                     data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                     crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(ski, critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return (key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption())
+            + cert.public_bytes(serialization.Encoding.PEM))
+
+
+def _general_name(host: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
+
+
+def _public_roots() -> bytes:
+    import certifi
+
+    return Path(certifi.where()).read_bytes().rstrip(b"\n")
+
+
+# -- files -----------------------------------------------------------------------------------
+
+
+def _make_folder(folder: Path, owner: os.stat_result) -> None:
+    try:
+        folder.mkdir(mode=0o700)
+    except FileExistsError:
+        if folder.is_symlink() or not folder.is_dir():
+            raise ValueError(f"{folder} must be a folder (it holds the stack's CA); remove it and start the "
+                             "stack again") from None
+        return
+    _give_to(folder, owner)
+
+
+def _read_private(path: Path) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as handle:
+        return handle.read(64 * 1024)
+
+
+def _create_private(path: Path, data: bytes, owner: os.stat_result) -> None:
+    """Write ``data`` user-only and link it into place; the first creator wins."""
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)  # mode 0600
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        _give_to(Path(temporary), owner)
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            pass
+        except OSError as exc:  # a file system without hard links
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+                raise
+            os.replace(temporary, path)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+
+
+def _write_public(path: Path, data: bytes, owner: os.stat_result) -> None:
+    """Replace ``path`` with ``data`` (mode 0644) unless it holds exactly that already."""
+    try:
+        if path.read_bytes() == data:
+            return
+    except OSError:
+        pass
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.chmod(temporary, 0o644)
+        _give_to(Path(temporary), owner)
+        os.replace(temporary, path)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+
+
+def _give_to(path: Path, owner: os.stat_result) -> None:
+    """Files made by root (the proxy's container) belong to the state folder's owner, as the token does."""
+    if os.geteuid() == 0 and (owner.st_uid, owner.st_gid) != (0, 0):
+        os.chown(path, owner.st_uid, owner.st_gid)

@@ -1,0 +1,316 @@
+"""The run folder read as hostile input: no link followed, no FIFO opened, bounded history reads (no Docker)."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sandbox.config import ComputeDefinition, Settings
+from sandbox.container_spec import NOFILE_LIMIT, NPROC_LIMIT, PIDS_LIMIT, run_container_spec, within_hard_limit
+from sandbox.fake_mount import MountSpec
+from sandbox.local_runner import LocalRunner
+from sandbox.run_definition import RunDefinition, RunStatus
+from sandbox.run_folder import DRIVER_LOG, RunFolder
+from sandbox.run_history import MAX_LINE, MAX_READ, HistoryFollower
+from sandbox.run_outcome import classify
+from sandbox.storage import Transfer, TransferResult
+
+
+def _within(seconds: float, work: Callable[[], Any]) -> Any:
+    """``work()``'s result, failing the test (instead of hanging it) when it blocks."""
+    result: list[Any] = []
+    thread = threading.Thread(target=lambda: result.append(work()), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"blocked for more than {seconds} s"
+    return result[0]
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> RunFolder:
+    run = RunFolder(tmp_path / "runs" / "r1")
+    for path in (run.wd / "outputs", run.wd / "logs", run.control / "azureml-logs", run.control / "artifacts"):
+        path.mkdir(parents=True)
+    return run
+
+
+@pytest.fixture
+def secret(tmp_path: Path) -> Path:
+    path = tmp_path / "host" / "token"
+    path.parent.mkdir()
+    path.write_text("the stack's token\n")
+    return path
+
+
+def _read(run_file: Any) -> bytes:
+    return b"".join(run_file.chunks())
+
+
+def test_a_regular_output_is_listed_and_read(folder: RunFolder) -> None:
+    (folder.wd / "outputs" / "sub").mkdir()
+    (folder.wd / "outputs" / "sub" / "model.pt").write_bytes(b"weights")
+    (folder.control / "artifacts" / "extra").mkdir()
+    (folder.control / "artifacts" / "extra" / "notes.txt").write_text("n")
+    assert folder.list_files() == ["extra/notes.txt", "outputs/sub/model.pt"]
+    run_file = folder.open("outputs/sub/model.pt")
+    assert run_file is not None and run_file.size == 7 and _read(run_file) == b"weights"
+
+
+def test_a_link_to_a_host_file_is_neither_listed_nor_read(folder: RunFolder, secret: Path) -> None:
+    (folder.wd / "outputs" / "x").symlink_to(secret)
+    (folder.control / "artifacts" / "y").symlink_to(secret)
+    assert folder.list_files() == []
+    assert folder.open("outputs/x") is None and folder.open("y") is None
+    assert any("outputs/x is a symbolic link" in s for s in folder.scan().skipped)
+
+
+def test_a_linked_folder_on_the_way_is_not_followed(folder: RunFolder, secret: Path) -> None:
+    (folder.wd / "outputs" / "dir").symlink_to(secret.parent)
+    os.rmdir(folder.wd / "logs")
+    (folder.wd / "logs").symlink_to(secret.parent)
+    assert folder.list_files() == []
+    assert folder.open("outputs/dir/token") is None and folder.open("logs/token") is None
+
+
+def test_a_fifo_is_skipped_without_blocking(folder: RunFolder) -> None:
+    os.mkfifo(folder.wd / "outputs" / "pipe")
+    assert _within(5, folder.list_files) == []
+    assert _within(5, lambda: folder.open("outputs/pipe")) is None
+
+
+def test_names_that_leave_the_folder_are_refused(folder: RunFolder) -> None:
+    (folder.root / "secret.txt").write_text("s")
+    for name in ("../secret.txt", "outputs/../../secret.txt", "", "/"):
+        assert folder.open(name) is None
+
+
+def test_the_services_lines_follow_the_driver_log_once_the_run_has_ended(folder: RunFolder) -> None:
+    log = folder.control / DRIVER_LOG
+    log.write_text("script output\n")
+    folder.note("The run was canceled. Finalizing run...")
+    assert log.read_text() == "script output\n", "the service wrote into the run's folder"
+    assert _read(folder.open(DRIVER_LOG)) == b"script output\n"  # the run goes on: its log only
+    folder.seal()
+    served = _read(folder.open(DRIVER_LOG)).decode()
+    assert served.startswith("script output\n[") and served.endswith("] The run was canceled. Finalizing run...\n")
+
+
+def test_a_driver_log_replaced_by_a_link_gets_only_the_services_lines(folder: RunFolder, secret: Path) -> None:
+    (folder.control / DRIVER_LOG).symlink_to(secret)
+    folder.note("The run exceeded max_run_duration_seconds=5 and was stopped.")
+    folder.seal()
+    served = _read(folder.open(DRIVER_LOG)).decode()
+    assert "stopped" in served and "token" not in served
+    assert secret.read_text() == "the stack's token\n"
+
+
+class _Store:
+    def __init__(self) -> None:
+        self.blobs: dict[str, bytes] = {}
+
+    def ensure_container(self, name: str) -> None:
+        pass
+
+    def upload(self, container: str, transfers: list[Transfer], **_: Any) -> list[TransferResult]:
+        for transfer in transfers:
+            self.blobs[transfer.blob] = Path(transfer.local).read_bytes()
+        return [TransferResult(t) for t in transfers]
+
+
+def _definition(**fields: Any) -> RunDefinition:
+    base: dict[str, Any] = {"run_id": "r1", "experiment": "e", "workspace": {
+        "name": "ws", "subscription_id": "s", "resource_group": "g"}, "script": "train.py", "arguments": [],
+        "compute_target": "cpu-cluster", "environment": {"name": "env"}, "image": "img:1",
+        "snapshot_id": "00000000-0000-4000-8000-000000000000"}
+    return RunDefinition(**{**base, **fields})
+
+
+def test_finalize_stores_regular_files_and_notes_what_it_skipped(folder: RunFolder, secret: Path,
+                                                                 tmp_path: Path) -> None:
+    (folder.control / DRIVER_LOG).write_text("script output\n")
+    (folder.wd / "outputs" / "ok.txt").write_text("ok")
+    (folder.wd / "outputs" / "x").symlink_to(secret)
+    os.mkfifo(folder.wd / "outputs" / "pipe")
+    store = _Store()
+    runner = LocalRunner(engine=None, store=store, settings=Settings(home=tmp_path))  # type: ignore[arg-type]
+    names = _within(10, lambda: runner.finalize(_definition(), folder))
+    assert names == [DRIVER_LOG, "outputs/ok.txt"]
+    log = store.blobs[f"ExperimentRun/dcid.r1/{DRIVER_LOG}"].decode()
+    assert log.startswith("script output\n")
+    assert "Not stored: outputs/x is a symbolic link" in log and "Not stored: outputs/pipe is a FIFO" in log
+    assert all(b"token" not in data for data in store.blobs.values())
+    assert (folder.control / DRIVER_LOG).read_text() == "script output\n"
+
+
+class _DroppingStore(_Store):
+    """Azurite closing a reused connection once: the first request for each file fails."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attempts: dict[str, int] = {}
+
+    def upload(self, container: str, transfers: list[Transfer], **_: Any) -> list[TransferResult]:
+        results = []
+        for transfer in transfers:
+            self.attempts[transfer.blob] = self.attempts.get(transfer.blob, 0) + 1
+            if self.attempts[transfer.blob] == 1:
+                results.append(TransferResult(transfer, ConnectionResetError("Connection reset by peer")))
+            else:
+                results += super().upload(container, [transfer])
+        return results
+
+
+def test_finalize_sends_a_file_whose_connection_was_dropped_again(folder: RunFolder, tmp_path: Path) -> None:
+    (folder.control / DRIVER_LOG).write_text("script output\n")
+    (folder.wd / "outputs" / "model.pt").write_bytes(b"weights")
+    store = _DroppingStore()
+    runner = LocalRunner(engine=None, store=store, settings=Settings(home=tmp_path))  # type: ignore[arg-type]
+    assert runner.finalize(_definition(), folder) == [DRIVER_LOG, "outputs/model.pt"]
+    assert store.blobs["ExperimentRun/dcid.r1/outputs/model.pt"] == b"weights"
+    assert set(store.attempts.values()) == {2}
+
+
+# -- history ------------------------------------------------------------------------------------------
+
+
+def _history(folder: RunFolder) -> Path:
+    return folder.control / "history.jsonl"
+
+
+def _notes(folder: RunFolder) -> str:
+    return folder.notes.read_text() if folder.notes.exists() else ""
+
+
+def test_history_records_are_read_as_they_come(folder: RunFolder) -> None:
+    follower = HistoryFollower(folder)
+    _history(folder).write_text('{"kind": "metric", "name": "loss", "value": 1}\n{"kind": "tags"')
+    assert [r["name"] for r in follower.read_new()] == ["loss"]
+    with open(_history(folder), "a") as handle:
+        handle.write(', "values": {"a": "b"}}\n')
+    assert follower.read_new() == [{"kind": "tags", "values": {"a": "b"}}]
+    assert follower.offset == _history(folder).stat().st_size
+
+
+def test_a_history_fifo_is_reported_once_and_never_blocks(folder: RunFolder) -> None:
+    os.mkfifo(_history(folder))
+    follower = HistoryFollower(folder)
+    assert _within(5, follower.read_new) == [] and _within(5, follower.read_new) == []
+    assert _notes(folder).count("history.jsonl is not a regular file") == 1
+
+
+def test_a_history_link_is_not_followed(folder: RunFolder, secret: Path) -> None:
+    secret.write_text('{"kind": "metric", "name": "stolen", "value": 1}\n')
+    _history(folder).symlink_to(secret)
+    assert HistoryFollower(folder).read_new() == []
+
+
+def test_bad_history_lines_are_reported_and_skipped(folder: RunFolder) -> None:
+    _history(folder).write_text('not json\n[1, 2]\n{"no": "kind"}\n' + "[" * 10000 + "\n"
+                                '{"kind": "metric", "name": "loss", "value": 1}\n')
+    assert [r["name"] for r in HistoryFollower(folder).read_new()] == ["loss"]
+    notes = _notes(folder)
+    assert notes.count("skipped: not JSON") == 2 and notes.count("skipped: not a record") == 2
+
+
+def test_a_huge_line_without_newline_is_skipped_in_bounded_reads(folder: RunFolder) -> None:
+    chunk = b"x" * MAX_READ
+    with open(_history(folder), "wb") as handle:
+        for _ in range(5):
+            handle.write(chunk)
+    follower = HistoryFollower(folder)
+    assert follower.read_new() == [] and follower.offset == MAX_READ and follower.more
+    assert all(batch == [] for batch in follower.batches())
+    assert follower.offset == 5 * MAX_READ
+    with open(_history(folder), "ab") as handle:
+        handle.write(b"still the long line\n" + json.dumps({"kind": "metric", "name": "after"}).encode() + b"\n")
+    assert [r["name"] for r in follower.read_new()] == ["after"]
+    assert _notes(folder).count(f"longer than {MAX_LINE} bytes") == 1
+
+
+def test_history_is_drained_in_batches_after_the_run(folder: RunFolder) -> None:
+    line = json.dumps({"kind": "metric", "name": "m", "value": 0}) + "\n"
+    count = 3 * MAX_READ // len(line)
+    _history(folder).write_text(line * count)
+    follower = HistoryFollower(folder)
+    batches = list(follower.batches())
+    assert len(batches) >= 3 and sum(len(b) for b in batches) == count
+
+
+# -- outcome and container ----------------------------------------------------------------------------
+
+
+def test_a_canceled_run_gets_the_services_line_in_its_driver_log(folder: RunFolder) -> None:
+    compute = ComputeDefinition("cpu-cluster", 1)
+    outcome = LocalRunner.classify(_definition(), folder, compute, 143, False, "canceled", [])
+    assert outcome.status == RunStatus.CANCELED
+    assert "The run was canceled. Finalizing run..." in _notes(folder)
+    assert classify(_definition(), compute, 0, False, None, []).note is None
+
+
+def _mount(name: str, host: str, point: str) -> MountSpec:
+    return MountSpec(name, "mount", host, point, point, True, False, "ds")
+
+
+def test_the_same_dataset_under_two_names_is_mounted_twice_with_limits(folder: RunFolder, tmp_path: Path) -> None:
+    mounts = [_mount("a", "/cache/v1/data", "/tmp/tmpaaaaaaaa"), _mount("b", "/cache/v1/data", "/tmp/tmpbbbbbbbb")]
+    spec = run_container_spec(_definition(), folder, ComputeDefinition("cpu-cluster", 1), mounts, {},
+                              Settings(home=tmp_path), host_memory=8 * 1024**3, host_cpus=2)
+    kwargs = spec.to_create_kwargs()
+    targets = {m["Target"]: (m["Source"], m["ReadOnly"]) for m in kwargs["mounts"]}
+    assert targets["/tmp/tmpaaaaaaaa"] == targets["/tmp/tmpbbbbbbbb"] == ("/cache/v1/data", True)
+    assert kwargs["pids_limit"] == PIDS_LIMIT
+    nproc = within_hard_limit(NPROC_LIMIT, resource.RLIMIT_NPROC)
+    nofile = within_hard_limit(NOFILE_LIMIT, resource.RLIMIT_NOFILE)
+    assert 0 < nofile <= NOFILE_LIMIT and 0 < nproc <= NPROC_LIMIT
+    assert {(u["Name"], u["Soft"], u["Hard"]) for u in kwargs["ulimits"]} == {
+        ("nproc", nproc, nproc), ("nofile", nofile, nofile)}
+    assert kwargs["cap_drop"] == ["ALL"] and kwargs["security_opt"] == ["no-new-privileges"]
+    assert kwargs["user"] == "1000:1000"
+
+
+def test_two_inputs_at_one_mount_point_are_refused(folder: RunFolder, tmp_path: Path) -> None:
+    mounts = [_mount("a", "/cache/x", "/data"), _mount("b", "/cache/y", "/data")]
+    with pytest.raises(ValueError, match="input 'b' would be mounted at /data, where input 'a'"):
+        run_container_spec(_definition(), folder, ComputeDefinition("cpu-cluster", 1), mounts, {},
+                           Settings(home=tmp_path), host_memory=8 * 1024**3, host_cpus=2)
+
+
+class _Container:
+    """A container that runs until it is stopped."""
+
+    def __init__(self) -> None:
+        self.stopped = False
+        self.attrs: dict[str, Any] = {}
+
+    def stop(self, timeout: int) -> None:
+        self.stopped = True
+
+    def wait(self, timeout: float) -> dict[str, int]:
+        import requests.exceptions
+
+        if not self.stopped:
+            raise requests.exceptions.ReadTimeout()
+        return {"StatusCode": 137}
+
+    def reload(self) -> None:
+        pass
+
+
+def test_a_run_that_writes_over_its_disk_limit_is_stopped_and_says_why(folder: RunFolder, tmp_path: Path) -> None:
+    from sandbox.local_runner import StartedRun
+
+    (folder.wd / "outputs" / "big.bin").write_bytes(os.urandom(3 * 1024 * 1024))
+    runner = LocalRunner(engine=None, store=None, settings=Settings(home=tmp_path),  # type: ignore[arg-type]
+                         max_run_bytes=1024 * 1024, min_free_bytes=0)
+    started = StartedRun(_definition(), folder, _Container(), ComputeDefinition("cpu-cluster", 1))  # type: ignore[arg-type]
+    outcome = _within(10, lambda: runner.wait(started, cancel=threading.Event(), on_history=lambda _: None))
+    assert outcome.status == RunStatus.FAILED and started.container.stopped
+    assert "over the limit of 0.000976562 GiB per run" in outcome.error["message"]
+    assert "over the limit" in _notes(folder)
