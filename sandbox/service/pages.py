@@ -87,7 +87,8 @@ def add_pages(app: FastAPI, services: Services) -> None:
     @app.get("/runs/{run_id}", response_class=HTMLResponse, include_in_schema=False)
     def run_page(request: Request, run_id: str) -> HTMLResponse:
         record = services.record(run_id)
-        definition = RunDefinition.from_dict(record.definition)
+        # A child run made by its parent's azureml-core has no definition of its own: nothing was submitted.
+        definition = RunDefinition.from_dict(record.definition) if record.parent_run_id is None else None
         try:
             log_start, log_size, chunks = services.open_file(run_id, DRIVER_LOG, tail=PAGE_LOG_BYTES)
             driver_log = b"".join(chunks).decode("utf-8", "replace")
@@ -98,8 +99,8 @@ def add_pages(app: FastAPI, services: Services) -> None:
         return render(request, "run.html", {
             "run": record,
             "definition": definition,
-            "arguments": definition.display_arguments(),
-            "inputs": definition.input_specs,
+            "arguments": definition.display_arguments() if definition else [],
+            "inputs": definition.input_specs if definition else [],
             "driver_log": driver_log,
             "log_offset": log_size,
             "log_skipped": log_start,
@@ -108,7 +109,7 @@ def add_pages(app: FastAPI, services: Services) -> None:
             "files": services.files(run_id),
             "duration": _duration(record),
             "terminal": record.status.is_terminal,
-            "environment": definition.environment.get("name"),
+            "environment": definition.environment.get("name") if definition else None,
             "fmt": _fmt_time,
         })
 

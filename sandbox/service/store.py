@@ -330,9 +330,10 @@ class SqliteRunStore(RunStore):
         Each record is checked and converted before ``BEGIN``; a bad one is skipped and returned, for the
         caller to state in the run's driver log. Other kinds (file, error, exited) are the caller's.
         """
-        run = self.get_run(run_id)
-        rows, tags, properties, rejected = check_history(records, run.tags, run.properties, time.time())
-        with self._transaction() as db:
+        records = list(records)
+        with self._transaction() as db:  # tags read and written in one transaction: a PATCH between is kept
+            run = self.get_run(run_id)
+            rows, tags, properties, rejected = check_history(records, run.tags, run.properties, time.time())
             insert_metrics(db, run_id, rows)
             db.execute("UPDATE runs SET tags = ?, properties = ?, history_offset = ? WHERE run_id = ?",
                        (json.dumps(tags), json.dumps(properties), int(new_offset), run_id))

@@ -132,3 +132,14 @@ def test_the_api_docs_page_is_not_served_because_it_would_load_swagger_from_a_cd
         response = client.get(path)
         assert response.status_code == 404 and "cdn" not in response.text.lower(), path
     assert client.get("/api/openapi.json").json()["info"]["title"] == "aml-sandbox workspace service"
+
+
+def test_a_child_run_has_its_own_page_linking_its_parent_and_the_parent_lists_it(app: object) -> None:
+    services = app.state.services  # type: ignore[attr-defined]
+    services.store.create_child_run("exp_1_abcdef12_child", RUN_ID, name="kid")
+    client = _client(app, f"127.0.0.1:{PORT}")
+    child = client.get("/runs/exp_1_abcdef12_child")
+    assert child.status_code == 200, child.text
+    assert f'href="/runs/{RUN_ID}" id="parent"' in child.text
+    parent = client.get(f"/runs/{RUN_ID}")
+    assert 'href="/runs/exp_1_abcdef12_child"' in parent.text and "kid" in parent.text
