@@ -1,7 +1,8 @@
 """What every benchmark shares: result rows, interleaved repetitions, the bench workspace, data, clean-up.
 
 Every figure is taken beside its reference in the same run, repetitions interleaved (A, B, A, B, ...)
-so that the noise of a shared 2-core machine falls on both sides alike; medians are reported.
+so that the noise of a shared 2-core machine falls on both sides alike; medians are reported with
+their range, and whether the two sides' ranges overlap (the difference is then within noise).
 """
 
 from __future__ import annotations
@@ -34,15 +35,18 @@ SCRIPTS = Path(__file__).resolve().parent / "scripts"
 
 @dataclass
 class Row:
-    """One line of the results table."""
+    """One line of the results table: measured values only (published figures live in bench/published.py)."""
 
     figure: str
     measured: str
     reference: str
     ratio: str
-    target: str
-    met: bool | None
-    #: Why a target is missed and what would close it, or what the figure means.
+    #: Whether the two sides' sample ranges overlap (``noise(a, b)``), or "—" without a measured reference.
+    noise: str = "—"
+    #: A goal of this project, checked on the medians of this run; never a published figure.
+    goal: str = "—"
+    met: bool | None = None
+    #: What the figure means, from this run's data.
     note: str = ""
 
 
@@ -74,6 +78,29 @@ def fmt_s(seconds: float) -> str:
 
 def fmt_mib(size: float) -> str:
     return f"{size / 2**20:.0f} MiB"
+
+
+def spread(values: list[float], fmt: Callable[[float], str] = fmt_s) -> str:
+    """``median (range min to max, n=N)`` of the samples, each value formatted with ``fmt``."""
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return f"{fmt(values[0])} (n=1)"
+    return f"{fmt(median(values))} (range {fmt(min(values))} to {fmt(max(values))}, n={len(values)})"
+
+
+def noise(a: list[float], b: list[float]) -> str:
+    """Whether two sets of samples can be told apart here: do their ranges (min to max) overlap?
+
+    With 3-5 samples a side this is a coarse test, stated as such: overlapping ranges mean the
+    difference of the medians is within this run's noise; disjoint ranges mean every sample of one side
+    beat every sample of the other.
+    """
+    if len(a) < 2 or len(b) < 2:
+        return "cannot tell (1 sample)"
+    if max(a) < min(b) or max(b) < min(a):
+        return "no: the ranges do not overlap"
+    return "yes: the ranges overlap"
 
 
 def interleave(methods: dict[str, Callable[[], float]], reps: int | dict[str, int],

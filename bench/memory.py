@@ -18,10 +18,26 @@ import threading
 import time
 from pathlib import Path
 
-from bench.common import PYTHON, REPO, Context, Row, Section, fmt_mib, interleave, measure_process, median
+from bench.common import (
+    PYTHON,
+    REPO,
+    Context,
+    Row,
+    Section,
+    fmt_mib,
+    interleave,
+    measure_process,
+    median,
+    noise,
+    spread,
+)
 from bench.runs import copy_scripts, submit, wait_until_done
 
 SLEEP_SECONDS = 20
+
+
+def _mib(value: float) -> str:
+    return f"{value:.0f} MiB"
 
 
 def _service_cgroup(ctx: Context) -> Path:
@@ -108,10 +124,11 @@ def run(ctx: Context) -> Section:
     samples = interleave({"submitting process (MiB)": submitting, "azureml.core import only (MiB)": imports_only},
                          reps, ctx.log)
     section.samples.update({f"7 {k}": v for k, v in samples.items()})
-    sub, floor = median(samples["submitting process (MiB)"]), median(samples["azureml.core import only (MiB)"])
+    sub, floor = samples["submitting process (MiB)"], samples["azureml.core import only (MiB)"]
     section.rows.append(Row("7a peak RSS of the process that submits (the tutorial's submit, a fresh process)",
-                            f"{sub:.0f} MiB", f"a process that only imports azureml.core: {floor:.0f} MiB",
-                            f"{sub / floor:.2f}x ({sub - floor:+.0f} MiB)", "—", None))
+                            spread(sub, _mib), f"a process that only imports azureml.core: {spread(floor, _mib)}",
+                            f"{median(sub) / median(floor):.2f}x ({median(sub) - median(floor):+.0f} MiB)",
+                            noise(sub, floor)))
 
     ctx.log("7: the workspace service, idle then with 4 runs going")
     cgroup = _service_cgroup(ctx)
@@ -144,16 +161,20 @@ def run(ctx: Context) -> Section:
         f"7b workspace service container, peak with 4 runs going (at most {most_running} Running at once seen)",
         f"rss {fmt_mib(peak_rss)}; usage less inactive cache {fmt_mib(peak_use)}",
         f"the same service idle: rss {fmt_mib(idle_rss)}; usage {fmt_mib(idle_use)}",
-        f"{peak_rss / idle_rss:.2f}x ({(peak_rss - idle_rss) / 2**20:+.0f} MiB rss)", "—", None))
+        f"{peak_rss / idle_rss:.2f}x ({(peak_rss - idle_rss) / 2**20:+.0f} MiB rss)",
+        noise([a for a, _ in idle.samples], [a for a, _ in busy.samples]),
+        note=f"Idle: the median of {len(idle.samples)} samples over 4 s; busy: the peak of {len(busy.samples)} samples "
+        "taken every 0.2 s."))
 
     ctx.log("7: a 1 GiB upload vs a 1 MiB upload")
     uploads = interleave({"1 GiB upload (MiB)": lambda: _upload_rss(ctx, 2**30),
                           "1 MiB upload (MiB)": lambda: _upload_rss(ctx, 2**20)}, 2, ctx.log)
     section.samples.update({f"7 {k}": v for k, v in uploads.items()})
-    big, small = median(uploads["1 GiB upload (MiB)"]), median(uploads["1 MiB upload (MiB)"])
+    big, small = uploads["1 GiB upload (MiB)"], uploads["1 MiB upload (MiB)"]
+    growth = median(big) - median(small)
     section.rows.append(Row(
-        "7c peak RSS of a process uploading one 1 GiB file (`datastore.upload`)", f"{big:.0f} MiB",
-        f"the same uploading one 1 MiB file: {small:.0f} MiB", f"{big - small:+.0f} MiB for 1024x the data",
-        "does not grow with the file (< +64 MiB)", big - small < 64))
+        "7c peak RSS of a process uploading one 1 GiB file (`datastore.upload`)", spread(big, _mib),
+        f"the same uploading one 1 MiB file: {spread(small, _mib)}", f"{growth:+.0f} MiB for 1024x the data",
+        noise(big, small), "does not grow with the file (< +64 MiB)", growth < 64))
     os.sync()
     return section

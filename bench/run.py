@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -52,10 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     ServiceClient(ctx.settings).health()  # fails at once, with the fix, when the stack is down
     about = machine()
     sections: list[Section] = []
+    loads: list[float] = []  # the 1-minute load average as each section starts, and at the end
     try:
         for number in wanted:
             name, module = SECTIONS[number]
             ctx.log(f"== {number}. {name}")
+            loads.append(os.getloadavg()[0])
             start = time.monotonic()
             try:
                 run: Callable[[Context], Section] = importlib.import_module(f"bench.{module}").run
@@ -70,8 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         ctx.log("cleaning up")
         ctx.cleanup()
+    loads.append(os.getloadavg()[0])
     total = time.monotonic() - ctx.started
-    generated = render(sections, about, command, total, args.quick)
+    conditions = (f"Load on the machine (1-minute load average as each section started, then at the end): "
+                  f"{', '.join(f'{load:.1f}' for load in loads)}, on {os.cpu_count()} cores.")
+    generated = render(sections, about, command, total, args.quick, conditions)
     if args.only:
         print(generated)
     else:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from bench.common import Context, Row, Section, fmt_s, interleave, median
+from bench.common import Context, Row, Section, interleave, median, noise, spread
 from bench.runs import copy_scripts, curated_image, docker_run, submit, wait_for_line, wait_until_done
 
 FIRST_LINE = r"^BENCH_FIRST_LINE (\d+\.\d+)"
@@ -52,17 +52,14 @@ def run(ctx: Context) -> Section:
     submit_s = median(returns)
     section.rows.append(Row(
         "2a `experiment.submit()` returns (warm, the tutorial's config with a dataset mount, a fresh process)",
-        fmt_s(submit_s), "—", "—", "< 1 s", submit_s < 1.0,
-        "" if submit_s < 1.0 else "submit() snapshots the source folder, checks the image and hands the run to the "
-        "service over HTTP; see the samples for the spread."))
-    sandbox_s = median(samples["sandbox: submit -> first line"])
-    bare_s = median(samples["bare docker run -> first line"])
+        spread(returns), "—", "—", "—", "< 1 s", submit_s < 1.0))
+    sandbox = samples["sandbox: submit -> first line"]
+    bare = samples["bare docker run -> first line"]
+    sandbox_s, bare_s = median(sandbox), median(bare)
     extra = sandbox_s - bare_s
     section.rows.append(Row(
         "2b `submit()` -> the script's first line (warm; the script imports torch, torchvision, azureml-core)",
-        fmt_s(sandbox_s), f"bare `docker run` of the same image and script: {fmt_s(bare_s)}",
-        f"+{extra:.2f} s ({sandbox_s / bare_s:.2f}x the time)", "<= bare + 1.5 s", extra <= 1.5,
-        "" if extra <= 1.5 else "The extra time is the service's part before the container starts (run folder, "
-        "snapshot, dataset listing and cache check, container create) and the driver's own lines before the "
-        "script's."))
+        spread(sandbox), f"bare `docker run` of the same image and script: {spread(bare)}",
+        f"{extra:+.2f} s ({sandbox_s / bare_s:.2f}x the time)", noise(sandbox, bare), "<= bare + 1.5 s",
+        extra <= 1.5))
     return section

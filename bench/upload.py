@@ -3,13 +3,17 @@
 Workloads: (a) the 9-file CIFAR-10 folder at full size (~357 MB), (b) 10,000 files of 3 KB in 100 folders.
 Methods, all against the same Azurite, each into a fresh blob container that is deleted right after:
 
-- ``facade``: ``Workspace.from_config().get_default_datastore().upload(src, target_path, overwrite=True)``
-  (a fresh workspace name per measurement gives a fresh datastore container);
+- ``facade``: ``Workspace.from_config().get_default_datastore().upload(src, target_path, overwrite=True)`` in a
+  process of its own (``bench.worker upload``, as upload-data.py runs it; a fresh workspace name per
+  measurement gives a fresh datastore container). Two times from each: the ``upload`` call alone (compared
+  with the in-process loops below) and the whole process, Python's start included (compared with the CLI);
 - ``sequential``: a plain loop of ``ContainerClient.upload_blob`` with the client's defaults;
 - ``tuned pool``: a thread pool of ``upload_blob`` calls whose size (and, for large files, per-blob
-  concurrency and block size) is chosen by a tuning pass over a few settings just before, with an HTTP
-  connection pool as large as the number of requests in flight;
-- ``az CLI``: ``az storage blob upload-batch`` (wall time of the command, its start-up included).
+  concurrency and block size) is chosen by a tuning pass just before, over a range that reaches past the
+  sandbox's own settings (16 threads, 2-4 requests per large blob, 8 MiB blocks) on both sides, with an
+  HTTP connection pool as large as the number of requests in flight;
+- ``az CLI``: ``az storage blob upload-batch``, the whole process (its start-up included), as the facade's
+  whole process is timed.
 
 Each measurement checks that every file arrived (a blob count) outside the timed part.
 """
@@ -17,8 +21,8 @@ Each measurement checks that every file arrived (a blob count) outside the timed
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
-import resource
 import time
 import uuid
 from dataclasses import dataclass
@@ -26,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import azcli
-from bench.common import Context, Row, Section, fmt_s, interleave, median, quiet_stdout
+from bench.common import PYTHON, REPO, Context, Row, Section, fmt_s, interleave, measure_process, median, noise, spread
 
 MIB = 2**20
 SMALL_FILES = 10_000
@@ -34,16 +38,18 @@ SMALL_FILES_QUICK = 2_000
 SMALL_SIZE = 3 * 1024
 
 
-AZ_NOTE = ("The machine's 2 cores are the limit: the facade is at {pool:.2f}x the tuned raw pool and {seq:.2f}x a "
-           "sequential loop; the Azure CLI uploads one blob at a time ({az_seq:.2f}x the sequential loop's speed). "
-           "{cpu}What would close it lies outside the client: more cores (Azurite's single Node.js thread on a core "
-           "of its own, the client on others), or a cheaper Azurite (e.g. --inMemoryPersistence, which gives up the "
-           "volume's persistence and so is not the stack's setting).")
 CPU_NOTE = ("CPU per 3 KB blob, measured in the facade's runs: Azurite {azurite:.1f} ms (its container's cgroup), "
-            "the uploading process {client:.1f} ms (azure-storage-blob's request pipeline). Together {total:.1f} ms "
-            "of CPU per blob on 2 cores: a ceiling of about {ceiling:.0f} blobs/s for any client of this Azurite "
-            "here, and Azurite alone, with a whole core, tops out at about {azurite_max:.0f} blobs/s; 2x the CLI is "
-            "{wanted:.0f} blobs/s. ")
+            "the upload call {client:.1f} ms (azure-storage-blob's request pipeline). Together {total:.1f} ms of CPU "
+            "per blob on {cores} cores: a ceiling of about {ceiling:.0f} blobs/s for any client of this Azurite here; "
+            "Azurite alone, with a whole core, tops out at about {azurite_max:.0f} blobs/s. The facade reached "
+            "{facade:.0f} blobs/s, the tuned pool {pool:.0f}, the CLI {az:.0f}.")
+
+
+@dataclass(frozen=True)
+class FacadeResult:
+    process: float  # the whole process, Python's start included
+    call: float  # the upload call alone
+    cpu: float  # CPU of the upload call (this process's threads)
 
 
 @dataclass(frozen=True)
@@ -61,25 +67,17 @@ class PoolSettings:
         return text
 
 
-class CpuMeter:
-    """CPU seconds spent by Azurite (its container, read from the engine) and by this process and its children."""
+class AzuriteCpu:
+    """CPU seconds spent by Azurite so far: its container's cgroup, read from the engine."""
 
     def __init__(self, ctx: Context) -> None:
         import docker
 
         self.container = docker.from_env().containers.get(f"{ctx.settings.project}-azurite-1")
 
-    def read(self) -> tuple[float, float]:
+    def read(self) -> float:
         stats = self.container.stats(stream=False, one_shot=True)
-        azurite = stats["cpu_stats"]["cpu_usage"]["total_usage"] / 1e9
-        own = resource.getrusage(resource.RUSAGE_SELF)
-        children = resource.getrusage(resource.RUSAGE_CHILDREN)
-        return azurite, own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-
-LATENCY_NOTE = ("The sequential loop and the CLI wait for each blob's round trip, so they slow down more than the "
-                "concurrent uploads when the shared machine is busy: the CLI ratio moves between runs (1.57x in a run "
-                "on 2026-11-26 15:54 UTC, when the CLI reached 123 files/s).")
+        return float(stats["cpu_stats"]["cpu_usage"]["total_usage"]) / 1e9
 
 
 def make_small_files(ctx: Context, count: int) -> Path:
@@ -128,19 +126,17 @@ class Uploader:
             self.ctx.delete_container(name)
             service.close()
 
-    def facade(self) -> float:
+    def facade(self) -> FacadeResult:
+        """``datastore.upload`` in a process of its own: (whole process, upload call, its CPU) in seconds."""
         folder = self.ctx.new_workspace_dir()
-        datastore = self.ctx.workspace(folder).get_default_datastore()
-        with quiet_stdout():
-            start = time.perf_counter()
-            datastore.upload(src_dir=str(self.src), target_path="bench", overwrite=True)
-            elapsed = time.perf_counter() - start
-        found = self.ctx.count_blobs(datastore.container_name)
-        self.ctx.delete_container(datastore.container_name)
-        datastore.blob_store.close()
+        result = measure_process([PYTHON, "-m", "bench.worker", "upload", "--workspace-dir", str(folder),
+                                  "--src", str(self.src), "--target", "bench"], cwd=REPO)
+        data = json.loads(result.stdout.strip().splitlines()[-1])
+        found = self.ctx.count_blobs(data["container"])
+        self.ctx.delete_container(data["container"])
         if found != self.count:
             raise RuntimeError(f"facade: {found} blobs arrived, {self.count} expected")
-        return elapsed
+        return FacadeResult(result.seconds, data["upload_s"], data["upload_cpu_s"])
 
     def sequential(self) -> float:
         service, container, name = self._fresh_container()
@@ -184,14 +180,14 @@ class Uploader:
         self._finish(service, name, "az")
         return elapsed
 
-    def tune(self, candidates: list[PoolSettings]) -> tuple[PoolSettings, dict[str, float]]:
+    def tune(self, candidates: list[PoolSettings]) -> tuple[PoolSettings, dict[PoolSettings, list[float]]]:
         """One pass over ``candidates``, then a second over the two fastest; the fastest by its best time."""
         times: dict[PoolSettings, list[float]] = {c: [self.pool(c)] for c in candidates}
         finalists = sorted(candidates, key=lambda c: min(times[c]))[:2]
         for candidate in finalists:
             times[candidate].append(self.pool(candidate))
         best = min(finalists, key=lambda c: min(times[c]))
-        return best, {c.describe(): min(t) for c, t in times.items()}
+        return best, times
 
 
 def _rate(uploader: Uploader, seconds: float) -> str:
@@ -200,87 +196,129 @@ def _rate(uploader: Uploader, seconds: float) -> str:
     return f"{uploader.bytes / seconds / 1e6:.0f} MB/s"
 
 
+#: Candidates of the tuning passes. The sandbox uses 16 threads, 2-4 block requests per large blob (4 for
+#: CIFAR-10's 7 large files) and 8 MiB blocks: each range reaches past those on both sides.
+LARGE_CANDIDATES = [PoolSettings(3, 4, 8, 8), PoolSettings(9, 1, 4, 64), PoolSettings(9, 2, 8, 8),
+                    PoolSettings(9, 4, 4, 8), PoolSettings(9, 4, 8, 8), PoolSettings(9, 4, 16, 16),
+                    PoolSettings(9, 8, 8, 8), PoolSettings(9, 8, 16, 16)]
+SMALL_CANDIDATES = [PoolSettings(4), PoolSettings(8), PoolSettings(16), PoolSettings(32), PoolSettings(64)]
+#: Files of the small-file tuning pass (the full 10,000 per candidate would take minutes each).
+SMALL_TUNING_FILES = 2_000
+
+
+def _edge(chosen: PoolSettings, candidates: list[PoolSettings]) -> str:
+    """Say so when the chosen setting is at an end of the range tried (a further value might be faster)."""
+    edges = []
+    for name in ("workers", "per_blob_concurrency", "block_mib"):
+        values = sorted({getattr(c, name) for c in candidates})
+        if len(values) > 1 and getattr(chosen, name) in (values[0], values[-1]):
+            edges.append(f"{name.replace('_', ' ')} {getattr(chosen, name)} is at an end of the range tried "
+                         f"({values[0]}-{values[-1]})")
+    return ("; " + ", ".join(edges)) if edges else "; inside the range tried on every setting"
+
+
+def _tuning_note(key: str, what: str, tuned: PoolSettings, tuning: dict[PoolSettings, list[float]],
+                 candidates: list[PoolSettings]) -> str:
+    return (f"1{key} tuning pass of the raw thread pool ({what}; best of 1-2 tries each): "
+            + ", ".join(f"{c.describe()}: {fmt_s(min(t))}" for c, t in tuning.items())
+            + f". Chosen: {tuned.describe()}{_edge(tuned, candidates)}.")
+
+
 def run(ctx: Context) -> Section:
     section = Section(1, "Upload (`datastore.upload`) beside azure-storage-blob and the Azure CLI")
     install = azcli.ensure(ctx.log)
     if install is not None:
         section.notes.append(f"The Azure CLI's environment (bench/.venv-az, azure-cli=={azcli.AZURE_CLI_VERSION}) was "
                              f"installed in this run in {install:.0f} s.")
-    section.notes.append(
-        "`sandbox/storage.py` was changed for issue 12 after this benchmark found 1a below target (0.81x the tuned "
-        "pool: 3.20 s vs 2.59 s, a --quick run, 2026-11-26): blocks of 8 MiB instead of 4 MiB, 2 to 4 block "
-        "requests per large blob depending on how many large files the upload has (was always 2), and an HTTP "
-        "connection pool as large as the requests in flight (requests' default keeps 10, so with 16 threads x 2 "
-        "blocks every extra connection was opened and thrown away). A/B runs in one process, 6 interleaved rounds "
-        "each against the tuned pool: connection pool and per-blob concurrency alone, 4 MiB blocks: 3.65 s vs "
-        "3.21 s (0.88x); with 8 MiB blocks too (the change as made): 2.81 s vs 2.81 s (1.00x). "
-        "Small files unchanged (2,000 files: 6.82 s before, 6.62 s after, within the noise). The memory bound "
-        "stays independent of file size (at most 32 blocks of 8 MiB in flight; see 7c).")
+    small_count = SMALL_FILES_QUICK if ctx.quick else SMALL_FILES
+    small = make_small_files(ctx, small_count)
     workloads = [
-        ("a", "CIFAR-10, 9 files, full size", ctx.cifar(), [
-            PoolSettings(9, 1, 4, 64), PoolSettings(9, 2, 4, 8), PoolSettings(9, 2, 8, 8), PoolSettings(9, 4, 8, 8)],
-         3),
-        ("b", f"{SMALL_FILES_QUICK if ctx.quick else SMALL_FILES:,} files of 3 KB",
-         make_small_files(ctx, SMALL_FILES_QUICK if ctx.quick else SMALL_FILES),
-         [PoolSettings(8), PoolSettings(16), PoolSettings(32)], 3),
+        ("a", "CIFAR-10, 9 files, full size", ctx.cifar(), LARGE_CANDIDATES, None, 3),
+        ("b", f"{small_count:,} files of 3 KB", small, SMALL_CANDIDATES,
+         None if small_count <= SMALL_TUNING_FILES else _subset(ctx, small, SMALL_TUNING_FILES), 3),
     ]
-    for key, label, src, candidates, reps in workloads:
+    for key, label, src, candidates, tuning_src, reps in workloads:
         uploader = Uploader(ctx, src)
-        ctx.log(f"1{key}: {label} ({uploader.count} files, {uploader.bytes / 1e6:.0f} MB): tuning the thread pool")
-        tuned, tuning = uploader.tune(candidates)
-        section.notes.append(f"1{key} tuning pass of the raw thread pool (best of 1-2 tries each): "
-                             + ", ".join(f"{name}: {fmt_s(t)}" for name, t in tuning.items())
-                             + f"; chosen: {tuned.describe()}.")
+        tuner = uploader if tuning_src is None else Uploader(ctx, tuning_src)
+        what = "the same files" if tuning_src is None else f"on {tuner.count:,} of the files"
+        ctx.log(f"1{key}: {label} ({uploader.count} files, {uploader.bytes / 1e6:.0f} MB): tuning the thread pool "
+                f"({what})")
+        tuned, tuning = tuner.tune(candidates)
+        section.notes.append(_tuning_note(key, what, tuned, tuning, candidates))
         ctx.log(f"1{key}: tuned pool = {tuned.describe()}; measuring, interleaved")
         slow_reps = reps if key == "a" or ctx.quick else 2  # the sequential loop and az take minutes on 10,000 files
-        meter = CpuMeter(ctx)
-        cpu: list[tuple[float, float]] = []
+        meter = AzuriteCpu(ctx)
+        facade_runs: list[FacadeResult] = []
+        azurite_cpu: list[float] = []
 
-        def facade(u: Uploader = uploader, meter: CpuMeter = meter, cpu: list[tuple[float, float]] = cpu) -> float:
+        def facade(u: Uploader = uploader, meter: AzuriteCpu = meter, runs: list[FacadeResult] = facade_runs,
+                   azurite: list[float] = azurite_cpu) -> float:
             before = meter.read()
-            seconds = u.facade()
-            after = meter.read()
-            cpu.append(((after[0] - before[0]) / u.count, (after[1] - before[1]) / u.count))
-            return seconds
+            result = u.facade()
+            azurite.append((meter.read() - before) / u.count)
+            runs.append(result)
+            return result.process
 
         samples = interleave({
-            "facade": facade,
+            "facade, whole process": facade,
             "tuned pool": lambda u=uploader, t=tuned: u.pool(t),
             "sequential": uploader.sequential,
-            "az CLI": uploader.az,
-        }, {"facade": reps, "tuned pool": reps, "sequential": slow_reps, "az CLI": slow_reps}, ctx.log)
+            "az CLI, whole process": uploader.az,
+        }, {"facade, whole process": reps, "tuned pool": reps, "sequential": slow_reps,
+            "az CLI, whole process": slow_reps}, ctx.log)
+        call = [r.call for r in facade_runs]
+        samples = {"facade, upload call": call, **samples}
         for name, values in samples.items():
             section.samples[f"1{key} {name}"] = values
-        section.samples[f"1{key} facade: Azurite CPU ms per blob"] = [round(a * 1000, 2) for a, _ in cpu]
-        section.samples[f"1{key} facade: client CPU ms per blob"] = [round(c * 1000, 2) for _, c in cpu]
-        azurite_cpu, client_cpu = median([a for a, _ in cpu]), median([c for _, c in cpu])
-        cpu_note = ""
+        section.samples[f"1{key} facade: Azurite CPU ms per blob"] = [round(a * 1000, 3) for a in azurite_cpu]
+        section.samples[f"1{key} facade: upload call CPU ms per blob"] = [
+            round(r.cpu / uploader.count * 1000, 3) for r in facade_runs]
         if key == "b":
-            cpu_note = CPU_NOTE.format(
-                azurite=azurite_cpu * 1000, client=client_cpu * 1000, total=(azurite_cpu + client_cpu) * 1000,
-                ceiling=2 / (azurite_cpu + client_cpu), azurite_max=1 / azurite_cpu,
-                wanted=2 * uploader.count / median(samples["az CLI"]))
-            section.notes.append(f"1b: {cpu_note}{LATENCY_NOTE}")
-        facade = median(samples["facade"])
-        refs = {name: median(values) for name, values in samples.items() if name != "facade"}
-        best_name = min(refs, key=lambda n: refs[n])
-        measured = f"{fmt_s(facade)} ({_rate(uploader, facade)})"
-        for name, seconds in refs.items():
-            ratio = seconds / facade
-            target, met, note = "—", None, ""
-            if key == "a" and name == best_name:
-                target, met = ">= 0.9x the best reference", ratio >= 0.9
-            elif key == "b" and name == "tuned pool":
-                target, met = ">= 0.9x", ratio >= 0.9
-            elif key == "b" and name == "az CLI":
-                target, met = ">= 2x", ratio >= 2.0
-                if not met:
-                    note = AZ_NOTE.format(pool=refs["tuned pool"] / facade, seq=refs["sequential"] / facade,
-                                          az_seq=refs["sequential"] / seconds, cpu=cpu_note)
-            reference = f"{name}{' (' + tuned.describe() + ')' if name == 'tuned pool' else ''}: " \
-                        f"{fmt_s(seconds)} ({_rate(uploader, seconds)})"
-            if key == "a" and name == best_name:
-                reference += ", the best reference"
-            section.rows.append(Row(f"1{key} upload {label}", measured, reference, f"{ratio:.2f}x the speed",
-                                    target, met, note))
+            azurite, client = median(azurite_cpu), median([r.cpu / uploader.count for r in facade_runs])
+            section.notes.append("1b: " + CPU_NOTE.format(
+                azurite=azurite * 1000, client=client * 1000, total=(azurite + client) * 1000,
+                cores=os.cpu_count(), ceiling=(os.cpu_count() or 1) / (azurite + client), azurite_max=1 / azurite,
+                facade=uploader.count / median(call),
+                pool=uploader.count / median(samples["tuned pool"]),
+                az=uploader.count / median(samples["az CLI, whole process"])))
+        section.rows += _rows(key, label, uploader, tuned, samples)
     return section
+
+
+def _subset(ctx: Context, src: Path, count: int) -> Path:
+    """A folder holding hard links to the first ``count`` files of ``src`` (same layout)."""
+    folder = ctx.mkdtemp("subset-")
+    for path in sorted(p for p in src.rglob("*") if p.is_file())[:count]:
+        target = folder / path.relative_to(src)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.link(path, target)
+    return folder
+
+
+def _rows(key: str, label: str, uploader: Uploader, tuned: PoolSettings, samples: dict[str, list[float]]
+          ) -> list[Row]:
+    def side(values: list[float]) -> str:
+        return f"{spread(values)}; {_rate(uploader, median(values))}"
+
+    call, process = samples["facade, upload call"], samples["facade, whole process"]
+    rows = []
+    # In-process: the upload call beside the raw loops, which run inside the bench's process.
+    for name in ("tuned pool", "sequential"):
+        reference = samples[name]
+        ratio = median(reference) / median(call)
+        goal, met = "—", None
+        if name == "tuned pool":
+            goal, met = ">= 0.9x the tuned pool", ratio >= 0.9
+        described = f"{name} ({tuned.describe()})" if name == "tuned pool" else name
+        rows.append(Row(f"1{key} upload {label}: the upload call, in-process", f"`datastore.upload`: {side(call)}",
+                        f"{described}: {side(reference)}", f"{ratio:.2f}x the speed", noise(call, reference),
+                        goal, met))
+    # Whole processes: the facade's process (as upload-data.py runs) beside the CLI's.
+    az = samples["az CLI, whole process"]
+    ratio = median(az) / median(process)
+    goal, met = (">= 2x the CLI", ratio >= 2.0) if key == "b" else ("—", None)
+    rows.append(Row(f"1{key} upload {label}: whole processes, start-up included",
+                    f"`python -m bench.worker upload` (`datastore.upload`): {side(process)}",
+                    f"`az storage blob upload-batch`: {side(az)}", f"{ratio:.2f}x the speed", noise(process, az),
+                    goal, met))
+    return rows

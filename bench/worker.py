@@ -49,10 +49,12 @@ def upload(args: argparse.Namespace) -> dict[str, Any]:
 
     datastore = aml.Workspace.from_config(path=args.workspace_dir).get_default_datastore()
     with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
+        cpu = time.process_time()
         start = time.perf_counter()
         datastore.upload(src_dir=args.src, target_path=args.target, overwrite=True)
         seconds = time.perf_counter() - start
-    return {"upload_s": seconds}
+        cpu = time.process_time() - cpu
+    return {"upload_s": seconds, "upload_cpu_s": cpu, "container": datastore.container_name}
 
 
 def imports(_args: argparse.Namespace) -> dict[str, Any]:
