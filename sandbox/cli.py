@@ -61,13 +61,15 @@ def _cmd_images(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_up(args: argparse.Namespace, settings: Settings) -> int:
-    from sandbox import azurite
+    from sandbox import azurite, proxy
     from sandbox.bootstrap import ensure_docker
+    from sandbox.proxy.ca import StackCA
     from sandbox.service.auth import ensure_token
     from sandbox.service.client import ServiceClient
     from sandbox.stack import Stack
 
     ensure_token(settings.home)  # first: an empty or short token is refused before anything starts
+    StackCA.ensure(settings.home)  # made by the user, not by the root container that serves it
     ensure_docker()
     console.step("Resolving the stack's images")
     _build_images(settings, allow_pull=not args.no_pull, include_environments=False)
@@ -78,6 +80,8 @@ def _cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     azurite.wait_until_ready(settings)
     console.step("Waiting for the workspace service")
     ServiceClient(settings).wait_until_ready()
+    console.step("Waiting for the https proxy")
+    proxy.wait_until_ready(settings)
     console.step("The local stack is up")
     _print_endpoints(settings, show_secrets=args.show_secrets)
     return 0
@@ -90,6 +94,8 @@ def _print_endpoints(settings: Settings, *, show_secrets: bool) -> None:
         + (settings.connection_string if show_secrets else settings.masked_connection_string)
     )
     console.detail(f"workspace service: {settings.service_url}  (runs: {settings.service_url}/experiments)")
+    console.detail(f"https proxy:       http://{settings.bind_host}:{settings.proxy_port}  "
+                   f"(CA bundle: {settings.home / 'proxy' / 'ca-bundle.pem'})")
     console.detail(f"state folder:      {settings.home}")
 
 

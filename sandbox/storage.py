@@ -99,11 +99,7 @@ class BlobStore:
                 # A request moves at most one 8 MiB block; a storage that stopped mid-request must not
                 # hold an upload for minutes (a killed container's proxy keeps the socket open).
                 read_timeout=READ_TIMEOUT,
-                retry_total=3,
-                retry_connect=2,
-                retry_read=0,  # a response cut off is reported at once; the caller checks the storage
-                retry_backoff_factor=0.5,
-                retry_backoff_max=4,
+                retry_policy=_retry_policy(),
             )
         return self._service
 
@@ -245,6 +241,16 @@ class BlobStore:
         if self._service is not None:
             self._service.close()
             self._service = None
+
+
+def _retry_policy() -> Any:
+    """Storage's own retry policy with short waits: its default (15 s, then 15 + 3**n s) made a stopped
+    Azurite take 40 s per call to report, and it ignores azure-core's ``retry_backoff_*`` settings."""
+    from azure.storage.blob import ExponentialRetry
+
+    return ExponentialRetry(initial_backoff=1, increment_base=2, random_jitter_range=1, retry_total=3,
+                            retry_connect=2,
+                            retry_read=0)  # a response cut off is reported at once; the caller checks the storage
 
 
 def _http_session(pool_size: int) -> Any:

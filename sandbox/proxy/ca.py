@@ -18,7 +18,6 @@ demand and cached in memory only; nothing but the CA is written to disk.
 from __future__ import annotations
 
 import datetime
-import errno
 import ipaddress
 import os
 import ssl
@@ -32,6 +31,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from sandbox.private_files import create_once, give_to, read_private
 
 PROXY_FOLDER = "proxy"
 KEY_FILE = "ca.key"
@@ -90,10 +91,10 @@ class StackCA:
         owner = home.stat()
         _make_folder(files.folder, owner)
         try:
-            pem = _read_private(files.key)
+            pem = read_private(files.key, 64 * 1024)
         except FileNotFoundError:
-            _create_private(files.key, _new_ca_pem(), owner)
-            pem = _read_private(files.key)
+            create_once(files.key, _new_ca_pem(), owner=owner)
+            pem = read_private(files.key, 64 * 1024)
         try:
             key = serialization.load_pem_private_key(pem, password=None)
             cert = x509.load_pem_x509_certificate(pem[pem.index(b"-----BEGIN CERTIFICATE-----"):])
@@ -226,34 +227,7 @@ def _make_folder(folder: Path, owner: os.stat_result) -> None:
             raise ValueError(f"{folder} must be a folder (it holds the stack's CA); remove it and start the "
                              "stack again") from None
         return
-    _give_to(folder, owner)
-
-
-def _read_private(path: Path) -> bytes:
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    with os.fdopen(fd, "rb") as handle:
-        return handle.read(64 * 1024)
-
-
-def _create_private(path: Path, data: bytes, owner: os.stat_result) -> None:
-    """Write ``data`` user-only and link it into place; the first creator wins."""
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)  # mode 0600
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        _give_to(Path(temporary), owner)
-        try:
-            os.link(temporary, path)
-        except FileExistsError:
-            pass
-        except OSError as exc:  # a file system without hard links
-            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
-                raise
-            os.replace(temporary, path)
-    finally:
-        Path(temporary).unlink(missing_ok=True)
+    give_to(folder, owner)
 
 
 def _write_public(path: Path, data: bytes, owner: os.stat_result) -> None:
@@ -268,13 +242,7 @@ def _write_public(path: Path, data: bytes, owner: os.stat_result) -> None:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
         os.chmod(temporary, 0o644)
-        _give_to(Path(temporary), owner)
+        give_to(Path(temporary), owner)
         os.replace(temporary, path)
     finally:
         Path(temporary).unlink(missing_ok=True)
-
-
-def _give_to(path: Path, owner: os.stat_result) -> None:
-    """Files made by root (the proxy's container) belong to the state folder's owner, as the token does."""
-    if os.geteuid() == 0 and (owner.st_uid, owner.st_gid) != (0, 0):
-        os.chown(path, owner.st_uid, owner.st_gid)

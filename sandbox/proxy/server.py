@@ -31,15 +31,16 @@ import os
 import re
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from sandbox.proxy.ca import StackCA
 
 log = logging.getLogger("sandbox.proxy")
+T = TypeVar("T")
 
 #: Azure storage account names: 3 to 24 lower-case letters and digits.
 BLOB_HOST = re.compile(r"^([a-z0-9]{3,24})\.blob\.core\.windows\.net$")
@@ -146,7 +147,7 @@ class ProxyServer:
         self.config = config
         self.ca = ca
         self._server: Any = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._connection, self.config.listen_host, self.config.port,
@@ -166,9 +167,14 @@ class ProxyServer:
         """Stop listening and end the connections in progress."""
         if self._server is not None:
             self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Aborting the connections ends their handlers (a cancelled handler task makes Python 3.11's
+        # stream callback log a spurious traceback); cancellation is the fallback.
+        for writer in list(self._tasks.values()):
+            writer.transport.abort()
+        if self._tasks:
+            _done, pending = await asyncio.wait(list(self._tasks), timeout=5)
+            for task in pending:
+                task.cancel()
         if self._server is not None:
             await self._server.wait_closed()
 
@@ -182,7 +188,7 @@ class ProxyServer:
             return
         task = asyncio.current_task()
         assert task is not None
-        self._tasks.add(task)
+        self._tasks[task] = writer
         try:
             await self._handle(reader, writer)
         except HttpError as exc:
@@ -190,10 +196,13 @@ class ProxyServer:
                 await _answer(writer, exc.status, exc.message, close=True)
         except (TimeoutError, ConnectionError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
             log.debug("connection ended: %r", exc)
+        except asyncio.CancelledError:
+            writer.transport.abort()  # the proxy stops: no graceful TLS shutdown to wait for
+            raise
         except Exception:  # pragma: no cover - a bug: logged, the connection closed, the server goes on
             log.exception("proxy connection failed")
         finally:
-            self._tasks.discard(task)
+            self._tasks.pop(task, None)
             await _close(writer)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -212,8 +221,9 @@ class ProxyServer:
         if blob:
             log.info("CONNECT %s:%d -> local blob storage %s", host, port, self.config.blob_upstream)
             context = await asyncio.to_thread(self.ca.server_context, host.lower())
+            # No await between the answer and start_tls (which stops reading first): the client's TLS hello,
+            # sent as soon as it reads the answer, must reach the TLS layer, not the plain reader's buffer.
             writer.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")
-            await asyncio.wait_for(writer.drain(), self.config.io_timeout)
             await writer.start_tls(context, ssl_handshake_timeout=self.config.connect_timeout)
             await self._serve_blob(reader, writer, blob.group(1))
         elif self.config.offline:
@@ -250,7 +260,7 @@ class ProxyServer:
                 up_writer.write(_forward_head(f"{method} {path} HTTP/1.1", head, self._upstream_host(), close=True))
                 sent_all = True
                 try:
-                    await asyncio.wait_for(up_writer.drain(), cfg.io_timeout)
+                    await _within(up_writer.drain(), cfg.io_timeout)
                     if chunked:
                         await _copy_chunked(reader, up_writer, cfg)
                     elif length:
@@ -265,7 +275,7 @@ class ProxyServer:
                 body = _response_framing(method, response)
                 close_client = not _keeps_alive(head, version) or not sent_all or body == "eof"
                 writer.write(_forward_head(response.start, response, None, close=close_client))
-                await asyncio.wait_for(writer.drain(), cfg.io_timeout)
+                await _within(writer.drain(), cfg.io_timeout)
                 if body == "chunked":
                     await _copy_chunked(up_reader, writer, cfg)
                 elif body == "eof":
@@ -284,7 +294,7 @@ class ProxyServer:
     async def _open_upstream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         host, port = self.config.upstream_address
         try:
-            return await asyncio.wait_for(asyncio.open_connection(host, port, limit=self.config.max_head_bytes),
+            return await _within(asyncio.open_connection(host, port, limit=self.config.max_head_bytes),
                                           self.config.connect_timeout)
         except (TimeoutError, OSError) as exc:
             raise HttpError(502, f"the local blob storage (Azurite at {self.config.blob_upstream}) does not answer: "
@@ -294,13 +304,13 @@ class ProxyServer:
 
     async def _tunnel(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str, port: int) -> None:
         try:
-            up_reader, up_writer = await asyncio.wait_for(asyncio.open_connection(host, port),
+            up_reader, up_writer = await _within(asyncio.open_connection(host, port),
                                                           self.config.connect_timeout)
         except (TimeoutError, OSError) as exc:
             raise HttpError(502, f"could not reach {host}:{port}: {exc or type(exc).__name__}") from None
         try:
             writer.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")
-            await asyncio.wait_for(writer.drain(), self.config.io_timeout)
+            await _within(writer.drain(), self.config.io_timeout)
             activity = [time.monotonic()]
             await asyncio.gather(self._pipe(reader, up_writer, activity), self._pipe(up_reader, writer, activity),
                                  return_exceptions=True)
@@ -313,7 +323,7 @@ class ProxyServer:
         try:
             while True:
                 try:
-                    data = await asyncio.wait_for(source.read(CHUNK), step)
+                    data = await _within(source.read(CHUNK), step)
                 except TimeoutError:
                     if time.monotonic() - activity[0] > self.config.idle_timeout:
                         raise
@@ -325,7 +335,7 @@ class ProxyServer:
                             target.write_eof()
                     return
                 target.write(data)
-                await asyncio.wait_for(target.drain(), self.config.io_timeout)
+                await _within(target.drain(), self.config.io_timeout)
         except BaseException:
             target.close()  # the other direction ends too
             raise
@@ -337,7 +347,7 @@ class ProxyServer:
 async def _read_head(reader: asyncio.StreamReader, cfg: ProxyConfig, timeout: float) -> Head | None:
     """One message head, bounded in size and header count; None on a clean end of stream before it."""
     try:
-        raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+        raw = await _within(reader.readuntil(b"\r\n\r\n"), timeout)
     except asyncio.IncompleteReadError as exc:
         if not exc.partial.strip():
             return None
@@ -464,20 +474,26 @@ def _authority(target: str) -> tuple[str, int]:
     return host.rstrip("."), int(port_text)
 
 
+async def _within(awaitable: Awaitable[T], seconds: float) -> T:
+    """``await`` with a deadline (``asyncio.timeout``: no inner task, so cancellation reaches the read at once)."""
+    async with asyncio.timeout(seconds):
+        return await awaitable
+
+
 async def _copy_exact(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, count: int, timeout: float) -> None:
     while count > 0:
-        data = await asyncio.wait_for(reader.read(min(count, CHUNK)), timeout)
+        data = await _within(reader.read(min(count, CHUNK)), timeout)
         if not data:
             raise asyncio.IncompleteReadError(b"", count)
         writer.write(data)
-        await asyncio.wait_for(writer.drain(), timeout)
+        await _within(writer.drain(), timeout)
         count -= len(data)
 
 
 async def _copy_until_eof(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, timeout: float) -> None:
-    while data := await asyncio.wait_for(reader.read(CHUNK), timeout):
+    while data := await _within(reader.read(CHUNK), timeout):
         writer.write(data)
-        await asyncio.wait_for(writer.drain(), timeout)
+        await _within(writer.drain(), timeout)
 
 
 async def _copy_chunked(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, cfg: ProxyConfig) -> None:
@@ -498,10 +514,10 @@ async def _copy_chunked(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
                     raise HttpError(431, f"chunked trailers over {cfg.max_head_bytes} bytes")
                 writer.write(line)
                 if line == b"\r\n":
-                    await asyncio.wait_for(writer.drain(), cfg.io_timeout)
+                    await _within(writer.drain(), cfg.io_timeout)
                     return
         await _copy_exact(reader, writer, size, cfg.io_timeout)
-        end = await asyncio.wait_for(reader.readexactly(2), cfg.io_timeout)
+        end = await _within(reader.readexactly(2), cfg.io_timeout)
         if end != b"\r\n":
             raise HttpError(400, "a chunk did not end with CRLF")
         writer.write(end)
@@ -509,7 +525,7 @@ async def _copy_chunked(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
 
 async def _line(reader: asyncio.StreamReader, cfg: ProxyConfig) -> bytes:
     try:
-        line = await asyncio.wait_for(reader.readuntil(b"\r\n"), cfg.io_timeout)
+        line = await _within(reader.readuntil(b"\r\n"), cfg.io_timeout)
     except asyncio.LimitOverrunError:
         raise HttpError(431, f"a chunk line is over {cfg.max_head_bytes} bytes") from None
     if len(line) > 4096 + 2 and not line.startswith(b"\r\n"):
@@ -524,10 +540,10 @@ async def _answer(writer: asyncio.StreamWriter, status: int, message: str, *, cl
             f"Content-Length: {len(body)}\r\n" + ("Connection: close\r\n" if close else "") + "\r\n")
     writer.write(head.encode("latin-1") + body)
     with contextlib.suppress(Exception):
-        await asyncio.wait_for(writer.drain(), 10)
+        await _within(writer.drain(), 10)
 
 
 async def _close(writer: asyncio.StreamWriter) -> None:
     writer.close()
     with contextlib.suppress(Exception):
-        await asyncio.wait_for(writer.wait_closed(), 5)
+        await _within(writer.wait_closed(), 5)

@@ -9,6 +9,7 @@ refused before anything is stored or started; a request naming a foreign Host is
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Collection, Iterator
 from pathlib import Path
@@ -24,12 +25,14 @@ from sandbox.service.auth import token_matches, token_path
 from sandbox.service.executor import Executor
 from sandbox.service.routes import include_routes
 from sandbox.service.routes.common import AzureError
+from sandbox.service.routes.mlflow.state import MlflowState
 from sandbox.service.run_token import RunTokens
 from sandbox.service.security import SecurityMiddleware, bearer_token, has_page_session, host_allowlist
 from sandbox.service.store import PropertyConflictError, RunNotFoundError, SqliteRunStore, metrics_summary
 from sandbox.snapshot import MAX_ARCHIVE_BYTES, SnapshotLimitError, check_archive
 from sandbox.storage import BlobStore
 
+log = logging.getLogger("aml_sandbox.api")
 RUN_ID = re.compile(r"^[A-Za-z0-9][\w\-.]{0,254}$")
 SNAPSHOT_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
@@ -45,6 +48,7 @@ class Services:
         self.blobs = blobs
         self.token = token
         self.run_tokens = RunTokens(token)
+        self.mlflow = MlflowState()
 
     def record(self, run_id: str) -> Any:
         if not RUN_ID.match(run_id):
@@ -55,11 +59,19 @@ class Services:
             raise HTTPException(404, str(exc.args[0])) from exc
 
     def files(self, run_id: str) -> list[str]:
+        """The run's files: those in its run folder while it goes, those stored when it ended, and those its
+        own azureml-core or MLflow uploaded through the artifact routes (in Azurite from the start)."""
+        from azure.core.exceptions import AzureError
+
         record = self.record(run_id)
-        if record.files is not None and not self.runner.folder(run_id).root.exists():
-            return record.files
-        live = self.runner.folder(run_id).list_files()
-        return sorted(set(live) | set(record.files or []))
+        prefix = artifact_prefix(run_id)
+        try:
+            stored = {blob.name[len(prefix):] for blob in self.blobs.list_blobs(ARTIFACT_CONTAINER, prefix)}
+        except AzureError as exc:  # Azurite away: the page and the list still show what the service knows
+            log.warning("listing the stored files of run %s failed: %s", run_id, exc)
+            stored = set()
+        live = self.runner.folder(run_id).list_files() if self.runner.folder(run_id).root.exists() else []
+        return sorted(set(live) | set(record.files or []) | stored)
 
     def open_file(self, run_id: str, name: str, offset: int = 0, *,
                   tail: int | None = None) -> tuple[int, int, Iterator[bytes]]:
@@ -74,7 +86,7 @@ class Services:
         if live is not None:
             start = _start(offset, live.size, tail)
             return start, live.size, live.chunks(start)
-        from azure.core.exceptions import ResourceNotFoundError
+        from azure.core.exceptions import AzureError, ResourceNotFoundError
 
         try:
             blob = self.blobs.container(ARTIFACT_CONTAINER).get_blob_client(artifact_prefix(run_id) + name)
@@ -86,6 +98,9 @@ class Services:
             return start, size, blob.download_blob(offset=start, length=size - start).chunks()
         except ResourceNotFoundError as exc:
             raise HTTPException(404, f"run {run_id} has no file {name!r}") from exc
+        except AzureError as exc:
+            raise HTTPException(503, f"the run's stored files cannot be read: the blob storage does not answer "
+                                     f"({type(exc).__name__}); check 'aml-sandbox status'") from exc
 
 
 def _start(offset: int, size: int, tail: int | None) -> int:

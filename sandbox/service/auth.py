@@ -9,15 +9,13 @@ at once end with the same token. A token shorter than :data:`MIN_TOKEN_LENGTH` i
 
 from __future__ import annotations
 
-import errno
 import hmac
-import os
 import re
 import secrets
-import tempfile
 from pathlib import Path
 
 from sandbox.errors import ConfigurationError
+from sandbox.private_files import create_once, read_private
 
 TOKEN_FILE = "token"
 MIN_TOKEN_LENGTH = 32
@@ -37,7 +35,7 @@ def ensure_token(home: Path) -> str:
     except FileNotFoundError:
         pass
     home.mkdir(parents=True, exist_ok=True)
-    _create(path, secrets.token_urlsafe(32), owner=home.stat())
+    create_once(path, (secrets.token_urlsafe(32) + "\n").encode(), owner=home.stat())
     return _check(path, _read(path))  # the token on disk: another process may have created it first
 
 
@@ -53,9 +51,7 @@ def token_matches(expected: str, presented: str | None) -> bool:
 
 
 def _read(path: Path) -> str:
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    with os.fdopen(fd, "rb") as handle:
-        return handle.read(4096).decode("utf-8", "replace").strip()
+    return read_private(path, 4096).decode("utf-8", "replace").strip()
 
 
 def _check(path: Path, token: str) -> str:
@@ -67,33 +63,3 @@ def _check(path: Path, token: str) -> str:
             f"characters without spaces. Delete {path} and run 'aml-sandbox up' (it makes a new one), or write "
             f"one yourself: python -c 'import secrets; print(secrets.token_urlsafe(32))' > {path}; chmod 600 {path}")
     return token
-
-
-def _create(path: Path, token: str, *, owner: os.stat_result) -> None:
-    fd, temporary = tempfile.mkstemp(prefix=f".{TOKEN_FILE}-", dir=path.parent)  # mode 0600
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(token.encode() + b"\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        if os.geteuid() == 0 and (owner.st_uid, owner.st_gid) != (0, 0):
-            os.chown(temporary, owner.st_uid, owner.st_gid)
-        try:
-            os.link(temporary, path)  # fails if the token exists: the first creator wins
-        except FileExistsError:
-            pass
-        except OSError as exc:  # a file system without hard links
-            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
-                raise
-            os.replace(temporary, path)
-        _fsync_folder(path.parent)
-    finally:
-        Path(temporary).unlink(missing_ok=True)
-
-
-def _fsync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

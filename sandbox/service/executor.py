@@ -227,7 +227,7 @@ class Executor:
                      f"Azurite failed: {exc}. The files stay in {folder.root}."}
             self.store.set_status(run_id, RunStatus.FAILED, error=error, exit_code=outcome.exit_code)
             return
-        self.store.set_files(run_id, files)
+        self.store.add_files(run_id, files)
         self.store.set_status(run_id, outcome.status, error=outcome.error, exit_code=outcome.exit_code)
         self.runner.cleanup(run_id)
         self._forget_snapshot(definition)
@@ -240,7 +240,7 @@ class Executor:
         self.runner.remove_container(run_id)
         try:
             files = self.runner.finalize(definition, folder) if folder.root.exists() else []
-            self.store.set_files(run_id, files)
+            self.store.add_files(run_id, files)
             self.runner.cleanup(run_id)
         except OSError as exc:
             message += f" (its files stay in {folder.root}: {exc})"

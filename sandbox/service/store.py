@@ -89,7 +89,10 @@ class RunStore(ABC):
     def add_properties(self, run_id: str, properties: dict[str, Any]) -> None: ...
 
     @abstractmethod
-    def set_files(self, run_id: str, files: list[str]) -> None: ...
+    def add_files(self, run_id: str, names: list[str]) -> None: ...
+
+    @abstractmethod
+    def remove_tags(self, run_id: str, keys: list[str]) -> None: ...
 
 
 _SCHEMA = """
@@ -377,10 +380,20 @@ class SqliteRunStore(RunStore):
             merged = validate_tags("properties", {**current, **properties})
             db.execute("UPDATE runs SET properties = ? WHERE run_id = ?", (json.dumps(merged), run_id))
 
-    def set_files(self, run_id: str, files: list[str]) -> None:
-        listing = json.dumps(sorted(files))
+    def add_files(self, run_id: str, names: list[str]) -> None:
+        """Add names to the run's file list (the run folder's at its end, and uploads through the routes)."""
         with self._transaction() as db:
-            db.execute("UPDATE runs SET files = ? WHERE run_id = ?", (listing, run_id))
+            row = db.execute("SELECT files FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise RunNotFoundError(run_id)
+            listing = sorted(set(json.loads(row["files"]) if row["files"] else []) | set(names))
+            db.execute("UPDATE runs SET files = ? WHERE run_id = ?", (json.dumps(listing), run_id))
+
+    def remove_tags(self, run_id: str, keys: list[str]) -> None:
+        with self._transaction() as db:
+            tags = self.get_run(run_id).tags
+            db.execute("UPDATE runs SET tags = ? WHERE run_id = ?",
+                       (json.dumps({k: v for k, v in tags.items() if k not in set(keys)}), run_id))
 
     @staticmethod
     def _record(row: sqlite3.Row, events: list[tuple[str, float]]) -> RunRecord:

@@ -95,6 +95,7 @@ def make_sandbox_env(tmp_path: Path, **extra: str) -> SandboxEnv:
         "AML_SANDBOX_PROJECT": f"t-{uuid.uuid4().hex[:8]}",
         "AML_SANDBOX_AZURITE_PORT": str(free_port()),
         "AML_SANDBOX_SERVICE_PORT": str(free_port()),
+        "AML_SANDBOX_PROXY_PORT": str(free_port()),
         "PYTHONUNBUFFERED": "1",
         **extra,
     }

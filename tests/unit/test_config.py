@@ -16,6 +16,16 @@ def test_defaults_match_the_compose_file(tmp_path: Path) -> None:
     assert "BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;" in settings.connection_string
     compose = (Path(__file__).parents[2] / "docker-compose.yml").read_text()
     assert "${AML_SANDBOX_AZURITE_PORT:-10000}" in compose
+    assert settings.proxy_port == 8791
+    assert '"127.0.0.1:${AML_SANDBOX_PROXY_PORT:-8791}:8791"' in compose
+    assert settings.compose_environment()["AML_SANDBOX_PROXY_PORT"] == "8791"
+
+
+def test_the_proxy_port_is_kept_in_the_stack_file_and_a_bad_one_names_its_variable(tmp_path: Path) -> None:
+    Settings.from_env({"AML_SANDBOX_HOME": str(tmp_path), "AML_SANDBOX_PROXY_PORT": "18791"}).write_stack_file()
+    assert Settings.from_env({"AML_SANDBOX_HOME": str(tmp_path)}).proxy_port == 18791
+    with pytest.raises(ConfigurationError, match="AML_SANDBOX_PROXY_PORT='proxy'"):
+        Settings.from_env({"AML_SANDBOX_HOME": str(tmp_path), "AML_SANDBOX_PROXY_PORT": "proxy"})
 
 
 def test_masked_connection_string_hides_the_key(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ import pytest
 import requests
 import uvicorn
 
+from sandbox.config import Settings
 from sandbox.run_definition import RunDefinition, RunStatus
 from sandbox.service.api import Services, create_api
 from sandbox.service.routes.common import WORKSPACE_SCOPE
@@ -69,6 +70,16 @@ class Service:
                 "AZUREML_RUN_TOKEN": token}
 
 
+class _NoStoredFiles:
+    """Azurite's container of run files before any run stored one: get_details() lists the run's log prefixes."""
+
+    def __init__(self, home: Path) -> None:
+        self.settings = Settings(home=home)  # the account the artifact routes sign for
+
+    def container(self, name: str) -> Any:
+        return SimpleNamespace(list_blobs=lambda **_: SimpleNamespace(by_page=lambda **_: iter(())))
+
+
 @pytest.fixture
 def service(tmp_path: Path) -> Iterator[Service]:
     store = SqliteRunStore(tmp_path / "runs.db")
@@ -79,12 +90,9 @@ def service(tmp_path: Path) -> Iterator[Service]:
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     executor = SimpleNamespace(settings=SimpleNamespace(home=tmp_path, service_port=port))
-    services = Services(store, executor, runner=None, blobs=None, token="stack-token-" + "x" * 32)  # type: ignore[arg-type]
+    services = Services(store, executor, runner=None, blobs=_NoStoredFiles(tmp_path),  # type: ignore[arg-type]
+                        token="stack-token-" + "x" * 32)
     app = create_api(services, allowed_hosts={f"127.0.0.1:{port}"})
-    if not any("/artifacts/prefix/contentinfo/" in getattr(r, "path", "") for r in app.routes):
-        # get_details() also lists the run's log prefixes (the artifacts routes' part); answer it empty here.
-        app.get("/artifact/v2.0" + WORKSPACE_SCOPE + "/artifacts/prefix/contentinfo/{path:path}")(
-            lambda path: {"value": [], "continuationToken": None})
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

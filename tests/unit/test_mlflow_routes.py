@@ -26,17 +26,17 @@ import pytest
 
 pytest.importorskip("mlflow", reason="mlflow-skinny is a dev dependency (pip install -e .[dev])")
 
-import uvicorn  # noqa: E402
+import uvicorn
 
-from sandbox.config import Settings  # noqa: E402
-from sandbox.docker_engine import DockerEngine  # noqa: E402
-from sandbox.local_runner import LocalRunner  # noqa: E402
-from sandbox.run_definition import RunDefinition, RunStatus  # noqa: E402
-from sandbox.service.api import Services, create_api  # noqa: E402
-from sandbox.service.executor import Executor  # noqa: E402
-from sandbox.service.routes.mlflow import TRACKING_ROOT  # noqa: E402
-from sandbox.service.store import SqliteRunStore  # noqa: E402
-from sandbox.storage import BlobInfo, Transfer, TransferResult  # noqa: E402
+from sandbox.config import Settings
+from sandbox.docker_engine import DockerEngine
+from sandbox.local_runner import LocalRunner
+from sandbox.run_definition import RunDefinition, RunStatus
+from sandbox.service.api import Services, create_api
+from sandbox.service.executor import Executor
+from sandbox.service.routes.mlflow import TRACKING_ROOT
+from sandbox.service.store import SqliteRunStore
+from sandbox.storage import BlobInfo, Transfer, TransferResult
 
 TOKEN = "s" * 43
 RUN_ID = "mlflow-exp_1_aaaa1111"

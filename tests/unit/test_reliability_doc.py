@@ -9,9 +9,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "reliability.md"
 #: ``tests/integration/test_datastore.py` (D)``: a test file and the letter rows use for it.
-LEGEND = re.compile(r"`(?:tests/(?:integration|unit)/)?(test_\w+\.py)` \(([A-Z])\)")
+LEGEND = re.compile(r"`(?:tests/(integration|unit)/)?(test_\w+\.py)` \(([A-Z]{1,2})\)")
 #: In a row's last cell: a file letter, a backticked test name (a parametrized id allowed), or "fixture(s)".
-TOKEN = re.compile(r"(?<![\w`])([A-Z])(?= `)|`(test_\w+)(?:\[[^\]]*\])?`|\b(fixtures?)\b|`([^`]+)`")
+TOKEN = re.compile(r"(?<![\w`])([A-Z]{1,2})(?= `)|`(test_\w+)(?:\[[^\]]*\])?`|\b(fixtures?)\b|`([^`]+)`")
 
 
 def _functions(path: Path) -> dict[str, ast.FunctionDef]:
@@ -39,9 +39,10 @@ def _rows(text: str) -> list[tuple[int, str]]:
 def test_every_row_of_the_reliability_page_names_tests_that_exist() -> None:
     text = DOC.read_text(encoding="utf-8")
     files = {}
-    for name, letter in LEGEND.findall(text):
-        (path,) = [p for p in (REPO / "tests").rglob(name) if p.parent.name in {"integration", "unit"}]
-        files[letter] = _functions(path)
+    folder = "integration"  # the legend names the folder where it changes; files without one are in the last
+    for named_folder, name, letter in LEGEND.findall(text):
+        folder = named_folder or folder
+        files[letter] = _functions(REPO / "tests" / folder / name)
     fixtures = {name for name, node in _functions(REPO / "tests" / "integration" / "conftest.py").items()
                 if _is_fixture(node)}
     problems = []

@@ -32,13 +32,25 @@ def _client(app: object, host: str, cookies: dict[str, str] | None = None) -> Te
     return TestClient(app, base_url=f"http://{host}", cookies=cookies)  # type: ignore[arg-type]
 
 
+class _NoStoredFiles:
+    """The blob storage of a stack whose runs stored nothing yet (no Azurite needed)."""
+
+    def list_blobs(self, container: str, prefix: str = "") -> list[object]:
+        return []
+
+    def container(self, name: str) -> object:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        raise ResourceNotFoundError("no stored files")
+
+
 @pytest.fixture
 def app(tmp_path: Path) -> Iterator[object]:
     settings = Settings(home=tmp_path / "home", service_port=PORT)
     store = SqliteRunStore(tmp_path / "runs.db")
     blobs = BlobStore(settings)
     runner = LocalRunner(DockerEngine(), blobs, settings)
-    services = Services(store, Executor(store, runner, settings), runner, blobs, TOKEN)
+    services = Services(store, Executor(store, runner, settings), runner, _NoStoredFiles(), TOKEN)  # type: ignore[arg-type]
     store.create_run(RunDefinition.from_dict({
         "run_id": RUN_ID, "experiment": "exp", "script": "train.py", "arguments": [],
         "workspace": {"name": settings.workspace_name, "subscription_id": settings.subscription_id,

@@ -22,7 +22,6 @@ from starlette.concurrency import run_in_threadpool
 
 from sandbox.local_runner import ARTIFACT_CONTAINER, artifact_prefix
 from sandbox.service.routes.common import services
-from sandbox.service.routes.mlflow.state import mlflow_state
 from sandbox.service.routes.mlflow.wire import ARTIFACTS_ROOT, Claims, MlflowError, MlflowRoute, bad, scoped_run
 from sandbox.storage import Transfer
 
@@ -77,10 +76,7 @@ def _store(request: Request, run_id: str, name: str, local: str) -> None:
         if not result.ok:
             raise MlflowError(503, "TEMPORARILY_UNAVAILABLE", f"Storing {name} of run {run_id} in Azurite failed: "
                               f"{str(result.error).splitlines()[0] if str(result.error) else result.error!r}")
-    with mlflow_state(request).lock:  # one read-modify-write of the list at a time
-        files = store.get_run(run_id).files or []
-        if name not in files:
-            store.set_files(run_id, [*files, name])
+    store.add_files(run_id, [name])
 
 
 @router.get(RUN_FILES)

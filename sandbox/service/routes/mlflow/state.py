@@ -97,15 +97,5 @@ def _put(table: OrderedDict[str, _V], key: str, value: _V) -> None:
 
 
 def mlflow_state(request: Request) -> MlflowState:
-    """The app's :class:`MlflowState`, made at first use (app state, never a module global)."""
-    state = getattr(request.app.state, "mlflow", None)
-    if state is None:
-        with _CREATION:
-            state = getattr(request.app.state, "mlflow", None)
-            if state is None:
-                state = request.app.state.mlflow = MlflowState()
-    return state
-
-
-#: Guards only the first creation of an app's state (two first requests at once must share one).
-_CREATION = threading.Lock()
+    """The app's :class:`MlflowState` (owned by the app's services, never a module global)."""
+    return request.app.state.services.mlflow

@@ -58,8 +58,10 @@ _CHILD_EVENTS = {"RUNNING": "Start", "FINISHED": "Completed", "FAILED": "Failed"
 def _answer_run(request: Request, record: RunRecord) -> dict[str, Any]:
     store, state = services(request).store, mlflow_state(request)
     record = store.get_run(record.run_id)
-    return run_object(record, store.get_metrics(record.run_id), state.params_of(record.run_id),
-                      state.status(record.run_id) if record.parent_run_id is None else None)
+    # What end_run() sent for the executor's run, until the executor ends it; a child run's status is its own.
+    recorded = state.status(record.run_id) if record.parent_run_id is None and not record.status.is_terminal \
+        else None
+    return run_object(record, store.get_metrics(record.run_id), state.params_of(record.run_id), recorded)
 
 
 @router.get(API + "/runs/get")
@@ -143,12 +145,7 @@ def delete_tag(request: Request, body: Body,
     key = str(text(body, "key"))
     if key not in record.tags:
         raise MlflowError(404, "RESOURCE_DOES_NOT_EXIST", f"No tag with name: {key} in run with id {record.run_id}")
-    store = services(request).store
-    # The store has no "remove tags" yet: apply_history removes them, given back the run's own offset.
-    rejected = store.apply_history(record.run_id, [{"kind": "tags_removed", "values": [key]}],
-                                   store.get_run(record.run_id).history_offset)
-    if rejected:
-        raise bad("; ".join(r.reason for r in rejected))
+    services(request).store.remove_tags(record.run_id, [key])
     return {}
 
 

@@ -151,7 +151,10 @@ def int64(value: Any, field: str, default: int | None = None) -> int | None:
 
 def run_id_of(body: dict[str, Any]) -> str:
     """``run_id`` (or the older ``run_uuid``) of a request."""
-    return str(text(body, "run_id", required=False) or text(body, "run_uuid", limit=255))
+    run_id = body.get("run_id") or body.get("run_uuid")
+    if not isinstance(run_id, str) or not run_id:
+        raise bad(f"run_id={_show(run_id)} is required: the Azure ML run id (MLFLOW_RUN_ID).")
+    return run_id
 
 
 def key_values(items: Any, field: str, limit: int) -> list[tuple[str, str]]:
