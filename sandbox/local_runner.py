@@ -50,6 +50,8 @@ STOP_TIMEOUT = 10
 #: Attempts at storing a run's files: a connection that Azurite closed just as a request reused it is not
 #: retried by the storage client (reads are never retried there), so finalize sends the failed ones again.
 FINALIZE_ATTEMPTS = 2
+#: Files and folders a run may make (empty files take no blocks: this bounds what the byte limit cannot).
+MAX_RUN_ENTRIES = 1_000_000
 MAX_RUN_BYTES = 100 * 1024**3
 #: Free space the service keeps on the disk of its state folder: a run is stopped below it.
 MIN_FREE_BYTES = 2 * 1024**3
@@ -178,14 +180,14 @@ class LocalRunner:
         deadline = None
         if started.definition.max_run_duration_seconds:
             deadline = time.monotonic() + started.definition.max_run_duration_seconds
-        errors: list[dict[str, Any]] = []
+        errors = ErrorRecords()
         stop_reason: str | None = None
         stop_message: str | None = None
         exit_code: int | None = None
         next_measure = 0.0
 
         def pump(records: list[dict[str, Any]]) -> None:
-            errors.extend(r for r in records if r.get("kind") == "error")
+            errors.extend(records)
             if records:
                 on_history(records)
 
@@ -223,7 +225,7 @@ class LocalRunner:
         except docker.errors.NotFound:
             pass
         return self.classify(started.definition, started.folder, started.compute, exit_code, oom, stop_reason,
-                             errors, stop_message=stop_message)
+                             errors.kept(), stop_message=stop_message)
 
     def _over_disk_bounds(self, folder: RunFolder, *, measure: bool) -> str | None:
         """Why the run must stop for what it wrote (None when it may go on)."""
@@ -231,12 +233,18 @@ class LocalRunner:
         if free < self.min_free_bytes:
             return (f"The run was stopped: the disk of the sandbox's state folder has {free / 1024**3:.1f} GiB free, "
                     f"below the {self.min_free_bytes / 1024**3:g} GiB the sandbox keeps free (this run's folders "
-                    f"hold {folder.disk_usage() / 1024**3:.1f} GiB). Write less, or free space on that disk.")
-        if measure and (used := folder.disk_usage()) > self.max_run_bytes:
+                    f"hold {folder.disk_usage().bytes / 1024**3:.1f} GiB). Write less, or free space on that disk.")
+        if not measure:
+            return None
+        used = folder.disk_usage()
+        if used.bytes > self.max_run_bytes:
             return (f"The run was stopped: its folders (the working directory with outputs/ and logs/, and "
-                    f"uploaded files) hold {used / 1024**3:.1f} GiB, over the limit of "
+                    f"uploaded files) hold {used.bytes / 1024**3:.1f} GiB, over the limit of "
                     f"{self.max_run_bytes / 1024**3:g} GiB per run (a STANDARD_D2_V2 node's temporary disk). "
                     "Write less into them.")
+        if used.entries > MAX_RUN_ENTRIES:
+            return (f"The run was stopped: its folders hold {used.entries:,} files and folders, over the limit of "
+                    f"{MAX_RUN_ENTRIES:,} per run. Write fewer, larger files (an archive, a table).")
         return None
 
     @staticmethod
@@ -292,6 +300,30 @@ class LocalRunner:
 
     def cleanup(self, run_id: str) -> None:
         self.folder(run_id).remove()
+
+
+class ErrorRecords:
+    """The run's ``error`` records as far as the outcome needs them: the last one, and the last explicit one
+    (``run.fail()``). A run can write millions; the service keeps two."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, Any] | None = None
+        self.last_explicit: dict[str, Any] | None = None
+
+    def extend(self, records: list[dict[str, Any]]) -> None:
+        for record in records:
+            if record.get("kind") == "error":
+                self.last = record
+                if record.get("explicit"):
+                    self.last_explicit = record
+
+    def kept(self) -> list[dict[str, Any]]:
+        """In the order classify reads them: the last error is the last item."""
+        if self.last is None:
+            return []
+        if self.last_explicit is None or self.last_explicit is self.last:
+            return [self.last]
+        return [self.last_explicit, self.last]
 
 
 def _content_type(blob: str) -> str | None:

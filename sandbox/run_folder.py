@@ -21,9 +21,9 @@ import shutil
 import stat
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 DRIVER_LOG = "azureml-logs/70_driver_log.txt"
 IMAGE_BUILD_LOG = "azureml-logs/20_image_build_log.txt"
@@ -90,12 +90,35 @@ def _open_dirs(root: Path, parts: tuple[str, ...]) -> int:
 
 
 @dataclass
-class Scan:
-    """Regular files found under a run folder's sources, and what was skipped (with the reason)."""
+class Skipped:
+    """What a scan left out: the first ``MAX_NAMED_SKIPS`` by name, the rest only counted (a run can make
+    millions of links or FIFOs; the service keeps a bounded note of them)."""
 
-    files: dict[str, Path] = field(default_factory=dict)
-    skipped: list[str] = field(default_factory=list)
-    bytes: int = 0
+    def __init__(self) -> None:
+        self.named: list[str] = []
+        self.more = 0
+
+    def add(self, item: str) -> None:
+        if len(self.named) < MAX_NAMED_SKIPS:
+            self.named.append(item)
+        else:
+            self.more += 1
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.named)
+
+
+class Scan:
+    """Regular files found under a run folder's sources (at most ``MAX_FILES``), and what was skipped."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, Path] = {}
+        self.skipped = Skipped()
+
+
+class DiskUsage(NamedTuple):
+    bytes: int
+    entries: int
 
 
 @dataclass
@@ -199,17 +222,24 @@ class RunFolder:
         return sorted(self.scan().files)
 
     def scan(self) -> Scan:
-        """Every regular file under the sources, by run file name; links, FIFOs and the like are skipped."""
+        """Every regular file under the sources, by run file name; links, FIFOs and the like are skipped.
+
+        Stops at ``MAX_FILES`` files: memory and time stay bounded whatever the run wrote."""
         scan = Scan()
         for source, prefix in SOURCES:
-            for name, path, size in self._walk(source, prefix, scan.skipped):
+            walk = self._walk(source, prefix, scan.skipped)
+            for name, path in walk:
                 if prefix + name in scan.files:
                     continue
                 if len(scan.files) >= MAX_FILES:
-                    scan.skipped.append(f"{prefix}{name}: over the limit of {MAX_FILES} files per run")
-                    continue
+                    scan.skipped.add(f"{prefix}{name} and the files after it: over the limit of {MAX_FILES} "
+                                     "files per run")
+                    walk.close()
+                    return self._with_notes(scan)
                 scan.files[prefix + name] = path
-                scan.bytes += size
+        return self._with_notes(scan)
+
+    def _with_notes(self, scan: Scan) -> Scan:
         if DRIVER_LOG not in scan.files and self.sealed and self.notes.is_file():
             scan.files[DRIVER_LOG] = self.notes
         return scan
@@ -226,29 +256,15 @@ class RunFolder:
                 out.write(chunk)
         return target
 
-    def disk_usage(self) -> int:
-        """Bytes the run's writable folders take on disk (links counted as themselves, never followed)."""
-        total = 0
+    def disk_usage(self) -> DiskUsage:
+        """Bytes the run's writable folders take on disk, and how many entries they hold (links counted as
+        themselves, never followed; one folder open per level at a time)."""
+        total = entries = 0
         for source in ("control", "wd", "inputs"):
-            try:
-                stack = [_open_dirs(self.root, (source,))]
-            except OSError:
-                continue
-            while stack:
-                fd = stack.pop()
-                try:
-                    with os.scandir(fd) as entries:
-                        for entry in entries:
-                            try:
-                                info = entry.stat(follow_symlinks=False)
-                                total += info.st_blocks * 512
-                                if stat.S_ISDIR(info.st_mode):
-                                    stack.append(os.open(entry.name, _DIR_FLAGS, dir_fd=fd))
-                            except OSError:
-                                continue  # changed while we looked
-                finally:
-                    os.close(fd)
-        return total
+            for _below, info in self._entries(source):
+                total += info.st_blocks * 512
+                entries += 1
+        return DiskUsage(total, entries)
 
     def remove(self) -> None:
         """Delete the folder (``rmtree`` never follows the links in it)."""
@@ -264,52 +280,66 @@ class RunFolder:
             if joined.startswith(prefix) and len(joined) > len(prefix):
                 yield f"{source}/{joined[len(prefix):]}"
 
-    def _walk(self, source: str, prefix: str, skipped: list[str]) -> Iterator[tuple[str, Path, int]]:
-        """(name below source, path, size) of every regular file, descending only into real folders."""
+    def _entries(self, source: str, skipped: Skipped | None = None) -> Iterator[tuple[str, os.stat_result]]:
+        """(name below ``source``, lstat) of every entry, depth first, descending only into real folders.
+
+        One folder is open per level (``MAX_DEPTH`` at most); listings are read as they go, never held whole.
+        """
         try:
             top = _open_dirs(self.root, tuple(source.split("/")))
         except OSError:
             return  # missing, or a link the run put in place of the folder
-        stack: list[tuple[int, str, int]] = [(top, "", 0)]
+        stack: list[tuple[int, Iterator[os.DirEntry[str]], str, int]] = []
         try:
+            stack.append((top, os.scandir(top), "", 0))
             while stack:
-                fd, below, depth = stack.pop()
-                files: list[tuple[str, Path, int]] = []
-                try:
-                    with os.scandir(fd) as entries:
-                        listing = sorted(entries, key=lambda e: e.name)
-                    for entry in listing:
-                        name = below + entry.name
-                        shown = (prefix + name).encode("utf-8", "backslashreplace").decode()
-                        try:
-                            mode = entry.stat(follow_symlinks=False).st_mode
-                            if not _is_utf8(entry.name):
-                                skipped.append(f"{shown}: the name is not UTF-8")
-                            elif stat.S_ISDIR(mode) and depth >= MAX_DEPTH:
-                                skipped.append(f"{shown}: deeper than {MAX_DEPTH} folders")
-                            elif stat.S_ISDIR(mode):
-                                stack.append((os.open(entry.name, _DIR_FLAGS, dir_fd=fd), name + "/", depth + 1))
-                            elif stat.S_ISREG(mode):
-                                size = entry.stat(follow_symlinks=False).st_size
-                                files.append((name, self.root / source / name, size))
-                            else:
-                                skipped.append(f"{shown} is {_kind(mode)}, not a regular file")
-                        except OSError as exc:  # changed while we looked (the run still goes)
-                            skipped.append(f"{shown}: {exc.strerror}")
-                finally:
+                fd, listing, below, depth = stack[-1]
+                entry = next(listing, None)
+                if entry is None:
+                    stack.pop()
+                    listing.close()  # type: ignore[attr-defined]
                     os.close(fd)
-                yield from files
+                    continue
+                name = below + entry.name
+                try:
+                    info = entry.stat(follow_symlinks=False)
+                    if stat.S_ISDIR(info.st_mode) and depth < MAX_DEPTH:
+                        child = os.open(entry.name, _DIR_FLAGS, dir_fd=fd)
+                        stack.append((child, os.scandir(child), name + "/", depth + 1))
+                    elif stat.S_ISDIR(info.st_mode) and skipped is not None:
+                        skipped.add(f"{_shown(source, name)}: deeper than {MAX_DEPTH} folders")
+                except OSError as exc:  # changed while we looked (the run still goes)
+                    if skipped is not None:
+                        skipped.add(f"{_shown(source, name)}: {exc.strerror}")
+                    continue
+                yield name, info
         finally:
-            for fd, _, _ in stack:
+            for fd, listing, _, _ in stack:
+                listing.close()  # type: ignore[attr-defined]
                 os.close(fd)
 
+    def _walk(self, source: str, prefix: str, skipped: Skipped) -> Iterator[tuple[str, Path]]:
+        """(name below source, path) of every regular file; links, FIFOs and the like are skipped."""
+        for name, info in self._entries(source, skipped):
+            shown = (prefix + name).encode("utf-8", "backslashreplace").decode()
+            if not _is_utf8(name):
+                skipped.add(f"{shown}: the name is not UTF-8")
+            elif stat.S_ISREG(info.st_mode):
+                yield name, self.root / source / name
+            elif not stat.S_ISDIR(info.st_mode):
+                skipped.add(f"{shown} is {_kind(info.st_mode)}, not a regular file")
 
-def skipped_notes(skipped: list[str]) -> list[str]:
+
+def _shown(source: str, name: str) -> str:
+    return f"{source}/{name}".encode("utf-8", "backslashreplace").decode()
+
+
+def skipped_notes(skipped: Skipped) -> list[str]:
     """The service's lines for entries not stored: the first ones by name, then a count."""
-    lines = [f"Not stored: {item} (the sandbox stores regular files only and never follows a link)."
-             for item in skipped[:MAX_NAMED_SKIPS]]
-    if len(skipped) > MAX_NAMED_SKIPS:
-        lines.append(f"Not stored: {len(skipped) - MAX_NAMED_SKIPS} more entries that are not regular files.")
+    lines = [f"Not stored: {item} (the sandbox stores regular files only, up to {MAX_FILES}, and never follows "
+             "a link)." for item in skipped.named]
+    if skipped.more:
+        lines.append(f"Not stored: {skipped.more} more entries (links, FIFOs, files over the limit, ...).")
     return lines
 
 

@@ -376,7 +376,7 @@ async def _read_response_head(reader: asyncio.StreamReader, cfg: ProxyConfig) ->
         if head is None:
             raise asyncio.IncompleteReadError(b"", None)
         parts = head.start.split(" ", 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not (parts[1].isascii() and parts[1].isdigit()):
             raise HttpError(502, f"Azurite answered a malformed status line {head.start[:80]!r}")
         if not parts[1].startswith("1"):
             return head  # interim answers (100 Continue) are dropped: the proxy answered Expect itself
@@ -407,7 +407,7 @@ def _content_length(values: list[str]) -> int:
         return 0
     distinct = {v.strip() for v in values}
     value = distinct.pop()
-    if distinct or not value.isdigit() or len(value) > 15:
+    if distinct or not (value.isascii() and value.isdigit()) or len(value) > 15:
         raise HttpError(400, f"bad Content-Length {values!r}")
     return int(value)
 
@@ -461,7 +461,7 @@ def _path_style(target: str, account: str) -> str:
 def _authority(target: str) -> tuple[str, int]:
     """``host:port`` of a CONNECT, checked: a host name or an IP address, and a port."""
     host, sep, port_text = target.rpartition(":")
-    if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    if not sep or not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
         raise HttpError(400, f"CONNECT target {target[:100]!r} is not host:port")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]

@@ -22,7 +22,7 @@ from typing import Any
 from sandbox.config import ComputeDefinition, Settings
 from sandbox.errors import ImageNotFoundError
 from sandbox.fake_mount import DatasetMountValidationError
-from sandbox.local_runner import LocalRunner, StartedRun
+from sandbox.local_runner import ErrorRecords, LocalRunner, StartedRun
 from sandbox.run_definition import RunDefinition, RunStatus
 from sandbox.run_folder import RunFolder
 from sandbox.run_history import HistoryFollower
@@ -293,16 +293,16 @@ class Executor:
         compute = self.queues[definition.compute_target].definition if definition.compute_target in self.queues \
             else self.settings.compute_targets[0]
         if container is None:
-            records = [r for batch in HistoryFollower(folder, report=False).batches() for r in batch
-                       if r["kind"] in {"exited", "error"}] if folder.root.exists() else []
-            exited = [r for r in records if r["kind"] == "exited"]
-            if exited:  # it ended while nobody watched: finalise from what it left
+            errors, exited = ErrorRecords(), None
+            for batch in HistoryFollower(folder, report=False).batches() if folder.root.exists() else ():
+                errors.extend(batch)
+                exited = next((r for r in reversed(batch) if r["kind"] == "exited"), exited)
+            if exited is not None:  # it ended while nobody watched: finalise from what it left
                 follower = HistoryFollower(folder, record.history_offset)
                 for batch in follower.batches():
                     self._apply_history(definition.run_id, batch, follower)
-                errors = [r for r in records if r["kind"] == "error"]
-                outcome = self.runner.classify(definition, folder, compute, int(exited[-1].get("exit_code", 1)),
-                                               False, None, errors)
+                outcome = self.runner.classify(definition, folder, compute, _exit_code(exited), False, None,
+                                               errors.kept())
                 self._finish(definition, outcome, folder)
             else:
                 self._fail(definition, "The run's container was lost while the workspace service restarted; the "
@@ -313,6 +313,12 @@ class Executor:
 
 #: Statuses of a run whose container was started: after a restart it is re-attached, not queued again.
 _ON_A_NODE = frozenset({RunStatus.RUNNING, RunStatus.FINALIZING, RunStatus.CANCEL_REQUESTED})
+
+
+def _exit_code(record: dict[str, Any]) -> int:
+    """The exit code a run's ``exited`` record gives (written by the run: anything but an int counts as 1)."""
+    code = record.get("exit_code", 1)
+    return code if isinstance(code, int) and not isinstance(code, bool) and -(2**31) <= code < 2**31 else 1
 
 
 class _Canceled(Exception):

@@ -14,10 +14,12 @@ requests there. Three defences, each small:
 * **Page session**: run files and run definitions (environment variables, user@host) need either the
   stack's token (``Authorization: Bearer``; the CLI and the SDK facade send it) or the session cookie
   that every HTML page of the service sets: HttpOnly, ``SameSite=Strict``, its value an HMAC of the
-  token. The run page's script and its download links send it back same-origin; a cross-site page
-  never gets it sent, and cannot read the page that sets it (no CORS, Host allowlist). It is not a
-  defence against another local process, which can load a page as a browser does: the port is on
-  127.0.0.1 only and the token file is the owner's alone.
+  token. The run page's script and its download links send it back. What keeps another web page from
+  reading run files is that no response allows CORS and the Host allowlist refuses rebinding: cookies
+  are not scoped by port, so a page served from another port of 127.0.0.1 counts as same-site and its
+  requests carry the cookie, but it cannot read the answers. It is not a defence against another local
+  process, which can load a page as a browser does: the port is on 127.0.0.1 only and the token file is
+  the owner's alone.
 """
 
 from __future__ import annotations

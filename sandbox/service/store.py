@@ -157,6 +157,9 @@ class SqliteRunStore(RunStore):
                 for column, kind in _ADDED_COLUMNS.items():
                     if column not in present:
                         db.execute(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
+                # Runs stored before child runs existed are the roots of their own trees.
+                db.execute("UPDATE runs SET root_run_id = run_id WHERE (root_run_id IS NULL OR root_run_id = '') "
+                           "AND parent_run_id IS NULL")
                 db.execute("CREATE INDEX IF NOT EXISTS runs_by_parent ON runs (parent_run_id, created)")
                 db.execute("CREATE INDEX IF NOT EXISTS events_by_run ON run_events (run_id, time)")
 

@@ -314,3 +314,63 @@ def test_a_run_that_writes_over_its_disk_limit_is_stopped_and_says_why(folder: R
     assert outcome.status == RunStatus.FAILED and started.container.stopped
     assert "over the limit of 0.000976562 GiB per run" in outcome.error["message"]
     assert "over the limit" in _notes(folder)
+
+
+def test_a_run_making_too_many_empty_files_is_stopped_and_says_why(folder: RunFolder, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import sandbox.local_runner as local_runner
+    from sandbox.local_runner import StartedRun
+
+    monkeypatch.setattr(local_runner, "MAX_RUN_ENTRIES", 100)
+    for index in range(150):  # empty files take no blocks: only the count stops them
+        (folder.wd / "outputs" / f"empty{index}").write_bytes(b"")
+    runner = LocalRunner(engine=None, store=None, settings=Settings(home=tmp_path),  # type: ignore[arg-type]
+                         min_free_bytes=0)
+    started = StartedRun(_definition(), folder, _Container(), ComputeDefinition("cpu-cluster", 1))  # type: ignore[arg-type]
+    outcome = _within(10, lambda: runner.wait(started, cancel=threading.Event(), on_history=lambda _: None))
+    assert outcome.status == RunStatus.FAILED and started.container.stopped
+    assert "files and folders, over the limit of 100 per run" in outcome.error["message"]
+
+
+# -- floods: whatever a run writes, the service's memory and descriptors stay bounded ------------------
+
+
+def test_a_flood_of_files_and_links_is_scanned_up_to_the_limit_with_a_bounded_note(
+        folder: RunFolder, secret: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sandbox.run_folder as run_folder
+
+    monkeypatch.setattr(run_folder, "MAX_FILES", 50)
+    for index in range(200):
+        (folder.wd / "outputs" / f"f{index:04d}").write_bytes(b"")
+        (folder.wd / "outputs" / f"l{index:04d}").symlink_to(secret)
+    scan = folder.scan()
+    assert len(scan.files) == 50
+    assert len(scan.skipped.named) == run_folder.MAX_NAMED_SKIPS and scan.skipped.more > 0
+    notes = run_folder.skipped_notes(scan.skipped)
+    assert len(notes) == run_folder.MAX_NAMED_SKIPS + 1 and "more entries" in notes[-1]
+
+
+def test_many_folders_are_walked_with_one_open_folder_per_level(folder: RunFolder) -> None:
+    for index in range(300):
+        (folder.wd / "outputs" / f"d{index}").mkdir()
+        (folder.wd / "outputs" / f"d{index}" / "x.txt").write_text("x")
+    before = len(os.listdir("/proc/self/fd"))
+    peak = 0
+
+    for _ in folder._walk("wd/outputs", "outputs/", folder.scan().skipped):
+        peak = max(peak, len(os.listdir("/proc/self/fd")) - before)
+    assert peak <= 6, f"{peak} descriptors open at once while walking 300 folders"
+    usage = folder.disk_usage()
+    assert usage.entries >= 600
+
+
+def test_only_the_last_error_and_the_last_explicit_failure_are_kept() -> None:
+    from sandbox.local_runner import ErrorRecords
+
+    errors = ErrorRecords()
+    errors.extend([{"kind": "error", "explicit": True, "message": "run.fail()"}])
+    errors.extend([{"kind": "error", "type": "ValueError", "message": f"boom {i}"} for i in range(10_000)])
+    kept = errors.kept()
+    assert [e["message"] for e in kept] == ["run.fail()", "boom 9999"]
+    assert classify(_definition(), ComputeDefinition("cpu-cluster", 1), 0, False, None, kept).status \
+        is RunStatus.FAILED

@@ -34,6 +34,7 @@ from starlette.concurrency import run_in_threadpool
 
 from sandbox.local_runner import ARTIFACT_CONTAINER, artifact_prefix
 from sandbox.run_definition import RUN_ID
+from sandbox.service.routes.bodies import read_json
 from sandbox.service.routes.common import WORKSPACE_SCOPE, AzureError, require_scope, run_claims, services
 from sandbox.service.run_token import RunClaims
 from sandbox.service.store import RunNotFoundError
@@ -115,7 +116,7 @@ async def batch_metadata(origin: str, container: str, request: Request,
                          claims: Claims) -> dict[str, Any]:
     """Create artifacts and hand out one upload URL (SAS) per path."""
     run = await run_in_threadpool(_run_container, request, claims, origin, container)
-    paths = _paths(await _read_json(request, MAX_BATCH_BYTES))
+    paths = _paths(await read_json(request, MAX_BATCH_BYTES, "an artifact batch (ArtifactPathList)"))
     artifacts: dict[str, Any] = {}
     contents: dict[str, Any] = {}
     errors: dict[str, Any] = {}
@@ -270,21 +271,6 @@ def _paths(body: Any) -> list[Any]:
         raise AzureError(400, "ValidationError", f"a batch names {len(items)} paths, over {MAX_BATCH_PATHS}; send "
                                                  "them in several batches (azureml-core sends 50 at a time)")
     return [item.get("path") if isinstance(item, dict) else item for item in items]
-
-
-async def _read_json(request: Request, limit: int) -> Any:
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise AzureError(413, "RequestTooLarge", f"the request body is {declared} bytes, over {limit}")
-    data = bytearray()
-    async for chunk in request.stream():
-        data += chunk
-        if len(data) > limit:
-            raise AzureError(413, "RequestTooLarge", f"the request body is over {limit} bytes")
-    try:
-        return json.loads(data)
-    except ValueError as exc:
-        raise AzureError(400, "ValidationError", f"the request body is not JSON: {exc}") from None
 
 
 def _iso(moment: datetime.datetime) -> str:

@@ -36,8 +36,12 @@ Claims = Annotated[RunClaims, Depends(run_claims)]
 
 METRICS = "/metric/v2.0" + WORKSPACE_SCOPE + "/runs/{run_id}"
 #: One batch body (azureml-core sends at most 45 metrics per batch; a ``log_list`` is one metric).
-MAX_BATCH_BYTES = 16 * 1024 * 1024
+#: azureml-core sends at most 45 metrics per batch (a few KiB); these bounds leave room and keep memory small.
+MAX_BATCH_BYTES = 2 * 1024 * 1024
 MAX_BATCH_VALUES = 100_000
+MAX_BATCH_ENTRIES = 10_000
+#: Errors named one by one in an answer; the rest are counted in one more entry.
+MAX_NAMED_ERRORS = 100
 #: ``uxMetricType`` -> the run store's metric type.
 UX_TYPES = {"azureml.v1.scalar": "scalar", "azureml.v1.list": "list", "azureml.v1.table": "row",
             "azureml.v1.row": "row", "azureml.v1.image": "image", "azureml.v2.image": "image"}
@@ -57,6 +61,9 @@ async def post_batch(request: Request, run_id: str, claims: Claims) -> dict[str,
     entries = body.get("values")
     if not isinstance(entries, list):
         raise AzureError(400, "BadRequest", "A metrics batch needs \"values\": a list of metrics (BatchMetricV2Dto).")
+    if len(entries) > MAX_BATCH_ENTRIES:
+        raise AzureError(413, "RequestEntityTooLarge", f"A metrics batch holds at most {MAX_BATCH_ENTRIES} metrics, "
+                                                       f"not {len(entries)}; send fewer per batch.")
     records, owners, errors = [], [], []
     for entry in entries:
         try:
@@ -71,6 +78,9 @@ async def post_batch(request: Request, run_id: str, claims: Claims) -> dict[str,
         owners += [entry] * len(converted)
     rejected: list[RejectedRecord] = services(request).store.add_metrics(run_id, records)
     errors += [_error(owners[r.position], r.reason) for r in rejected]
+    if len(errors) > MAX_NAMED_ERRORS:
+        more = len(errors) - MAX_NAMED_ERRORS
+        errors = [*errors[:MAX_NAMED_ERRORS], _error({}, f"{more} more metrics were not stored (not named here)")]
     return {"errors": errors}
 
 

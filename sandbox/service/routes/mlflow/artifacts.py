@@ -55,13 +55,16 @@ async def put_artifact(request: Request, run_id: str, path: str,
                     "takes in one upload.")
     if declared.isdigit() and int(declared) > MAX_ARTIFACT_BYTES:
         raise too_large
-    with tempfile.NamedTemporaryFile(prefix="mlflow-artifact-") as spool:
+    # Spooled in the state folder (a real disk), not /tmp: the service's /tmp is a small tmpfs in its memory.
+    spool_dir = services(request).executor.settings.home / "tmp"
+    spool_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(prefix="mlflow-artifact-", dir=spool_dir) as spool:
         size = 0
         async for chunk in request.stream():
             size += len(chunk)
             if size > MAX_ARTIFACT_BYTES:
                 raise too_large
-            spool.write(chunk)
+            await run_in_threadpool(spool.write, chunk)
         spool.flush()
         await run_in_threadpool(_store, request, record.run_id, name, spool.name)
     return {}
