@@ -8,7 +8,6 @@ refused before anything is stored or started; a request naming a foreign Host is
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Collection, Iterator
@@ -24,6 +23,7 @@ from sandbox.run_definition import RunDefinition
 from sandbox.service.auth import token_matches, token_path
 from sandbox.service.executor import Executor
 from sandbox.service.routes import include_routes
+from sandbox.service.routes.bodies import read_json
 from sandbox.service.routes.common import AzureError
 from sandbox.service.routes.mlflow.state import MlflowState
 from sandbox.service.run_token import RunTokens
@@ -269,24 +269,12 @@ def _declared_length(request: Request) -> int:
 
 
 async def _read_json(request: Request, limit: int, what: str) -> Any:
-    """The body as strict JSON (no NaN/Infinity), read up to ``limit`` bytes, never more into memory."""
-    too_large = HTTPException(413, f"The request body is larger than {limit} bytes, the limit for {what}.")
-    if _declared_length(request) > limit:
-        raise too_large
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
+    """The body as strict JSON (no NaN/Infinity), at most ``limit`` bytes (``routes.bodies``), with the
+    JSON API's error shape (``detail``) that the service client reads."""
     try:
-        return json.loads(b"".join(chunks), parse_constant=_no_constant)
-    except (ValueError, RecursionError) as exc:
-        raise HTTPException(400, f"the body is not JSON: {exc}") from None
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON (send finite numbers)")
+        return await read_json(request, limit, what)
+    except AzureError as exc:
+        raise HTTPException(exc.status_code, exc.detail) from None
 
 
 async def _json_object(request: Request, key: str) -> dict[str, Any]:
