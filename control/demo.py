@@ -78,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         shown = ", ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in value) \
             if isinstance(value, list) else value
         print(f"Metric {name}: {shown}")
+    if not metrics and status == "Completed":
+        print("Metric loss: none logged: the tutorial's train.py logs the mean loss every 2000 mini-batches of 4 "
+              "images, and this data set has fewer per epoch (use --images 8000 or more to see it).")
     print(f"Files: {', '.join(submitted_run.get_file_names())}")
     print(f"\nThe run page (open it in a browser):\n{url}")
     return 0 if status == "Completed" else 1
