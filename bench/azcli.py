@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from bench.common import pinned_venv
 
 AZURE_CLI_VERSION = "2.91.0"
 VENV = Path(__file__).resolve().parent / ".venv-az"
@@ -36,16 +37,8 @@ def installed_version() -> str | None:
 
 def ensure(log: Callable[[str], None] = print) -> float | None:
     """Create ``bench/.venv-az`` with ``azure-cli==AZURE_CLI_VERSION`` unless it is there; return the install time."""
-    if installed_version() == AZURE_CLI_VERSION:
-        return None
-    start = time.monotonic()
-    log(f"installing azure-cli=={AZURE_CLI_VERSION} into {VENV} (about a minute and a half, once)")
-    subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True)
-    subprocess.run([str(VENV / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                    f"azure-cli=={AZURE_CLI_VERSION}"], check=True)
-    if installed_version() != AZURE_CLI_VERSION:
-        raise RuntimeError(f"azure-cli {AZURE_CLI_VERSION} did not install into {VENV}")
-    return time.monotonic() - start
+    return pinned_venv(VENV, f"azure-cli=={AZURE_CLI_VERSION}", installed_version, AZURE_CLI_VERSION, log,
+                       note="about a minute and a half, once")
 
 
 def _base_env(config_dir: Path) -> dict[str, str]:

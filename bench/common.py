@@ -318,3 +318,18 @@ def machine() -> dict[str, str]:
 def _root_disk() -> str:
     usage = shutil.disk_usage("/")
     return f"{usage.total / 1e9:.0f} GB ({usage.free / 1e9:.0f} GB free)"
+
+
+def pinned_venv(venv: Path, requirement: str, installed: Callable[[], str | None], version: str,
+                log: Callable[[str], None] = print, *, note: str = "a minute or two, once") -> float | None:
+    """Create ``venv`` holding ``requirement`` unless ``installed()`` already gives ``version``; the install time."""
+    if installed() == version:
+        return None
+    start = time.monotonic()
+    log(f"installing {requirement} into {venv} ({note})")
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                    requirement], check=True)
+    if installed() != version:
+        raise RuntimeError(f"{requirement} did not install into {venv}; remove the folder and run again")
+    return time.monotonic() - start

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sandbox import console
-from sandbox.config import Settings
+from sandbox.config import Settings, ensure_account_key
 from sandbox.errors import SandboxError
 
 
@@ -70,6 +70,7 @@ def _cmd_up(args: argparse.Namespace, settings: Settings) -> int:
 
     ensure_token(settings.home)  # first: an empty or short token is refused before anything starts
     StackCA.ensure(settings.home)  # made by the user, not by the root container that serves it
+    ensure_account_key(settings.home)  # Azurite's only key: a run cannot sign its own SAS with the published one
     ensure_docker()
     console.step("Resolving the stack's images")
     _build_images(settings, allow_pull=not args.no_pull, include_environments=False)

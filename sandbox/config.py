@@ -3,18 +3,29 @@
 One frozen dataclass built by :meth:`Settings.from_env`, never read at import time. Each value comes
 from, in order: an environment variable, the stack file ``<home>/stack.json`` written by
 ``aml-sandbox up``, a default that matches ``docker-compose.yml``. A bad value names its variable.
+
+The storage account key is the stack's own (:func:`ensure_account_key`, made at the first ``up``), so a run
+handed a SAS cannot sign one of its own with Azurite's published key: ``AML_SANDBOX_ACCOUNT_KEY`` (how
+compose gives it to Azurite and to the workspace service), else ``<home>/azurite/account.key``, else the
+published key (a plain ``docker compose up``, a bare Azurite in tests). It is read when asked for, so
+settings made before ``up`` use the key ``up`` makes.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import errno
 import json
 import os
+import secrets
 import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from sandbox.errors import ConfigurationError
+from sandbox.private_files import create_once, read_private
 
 #: Azurite's documented development account (https://learn.microsoft.com/azure/storage/common/
 #: storage-use-azurite#well-known-storage-account-and-key). Treated as a secret all the same:
@@ -23,6 +34,14 @@ AZURITE_ACCOUNT_NAME = "devstoreaccount1"
 AZURITE_ACCOUNT_KEY = (
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 )
+
+#: The stack's own key: random bytes (as many as Azure's keys hold), base64, in <home>/azurite/account.key.
+ACCOUNT_KEY_FOLDER = "azurite"
+ACCOUNT_KEY_FILE = "account.key"
+ACCOUNT_KEY_BYTES = 64
+#: A shorter key (from the variable or a hand-written file) is refused.
+MIN_ACCOUNT_KEY_BYTES = 32
+_ACCOUNT_KEY_READ_LIMIT = 4096
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_COMPUTE_TARGETS = "cpu-cluster:4:STANDARD_D2_V2,local:1:STANDARD_D2_V2"
@@ -113,7 +132,8 @@ class Settings:
     #: Overrides the blob endpoint (inside the compose network it is http://azurite:10000/<account>).
     blob_endpoint_override: str | None = None
     account_name: str = AZURITE_ACCOUNT_NAME
-    account_key: str = field(default=AZURITE_ACCOUNT_KEY, repr=False)
+    #: ``AML_SANDBOX_ACCOUNT_KEY``; None: the stack's key file, else the published key (see :attr:`account_key`).
+    account_key_override: str | None = field(default=None, repr=False)
     subscription_id: str = "00000000-0000-0000-0000-000000000000"
     resource_group: str = "aml-sandbox-rg"
     workspace_name: str = "aml-sandbox-ws"
@@ -139,6 +159,7 @@ class Settings:
             service_port=_env_int(env, "AML_SANDBOX_SERVICE_PORT", stored.get("service_port", 8790)),
             proxy_port=_env_int(env, "AML_SANDBOX_PROXY_PORT", stored.get("proxy_port", 8791)),
             blob_endpoint_override=env.get("AML_SANDBOX_BLOB_ENDPOINT") or None,
+            account_key_override=_env_account_key(env, home),
         )
         compute = env.get("AML_SANDBOX_COMPUTE_TARGETS") or stored.get("compute_targets")
         if compute:
@@ -157,6 +178,13 @@ class Settings:
         return settings
 
     # -- derived values ----------------------------------------------------------------------
+
+    @property
+    def account_key(self) -> str:
+        """``AML_SANDBOX_ACCOUNT_KEY``, else the stack's key file, else Azurite's published key."""
+        if self.account_key_override:
+            return self.account_key_override
+        return read_account_key(self.home) or AZURITE_ACCOUNT_KEY
 
     @property
     def blob_endpoint(self) -> str:
@@ -203,6 +231,8 @@ class Settings:
             "AML_SANDBOX_PROXY_PORT": str(self.proxy_port),
             "AML_SANDBOX_COMPUTE_TARGETS": self.compute_targets_spec,
             "AML_SANDBOX_PROJECT": self.project,
+            # Azurite's only key (AZURITE_ACCOUNTS) and the service's: never on a command line, never printed.
+            "AML_SANDBOX_ACCOUNT_KEY": self.account_key,
         }
 
     @property
@@ -237,3 +267,72 @@ def _read_stack_file(home: Path) -> dict:
     if not isinstance(data, dict):
         raise ConfigurationError(f"{path} must hold a JSON object; delete it and run 'aml-sandbox up'")
     return data
+
+
+# -- the stack's account key ----------------------------------------------------------------------------
+
+
+def account_key_path(home: Path) -> Path:
+    return home / ACCOUNT_KEY_FOLDER / ACCOUNT_KEY_FILE
+
+
+def ensure_account_key(home: Path) -> str:
+    """Read the stack's account key, or make it once (64 random bytes, base64, mode 0600, owned as ``home``)."""
+    existing = read_account_key(home)
+    if existing is not None:
+        return existing
+    path = account_key_path(home)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    key = base64.b64encode(secrets.token_bytes(ACCOUNT_KEY_BYTES)).decode("ascii")
+    create_once(path, (key + "\n").encode("ascii"), owner=home.stat())
+    made = read_account_key(home)  # the key on disk: another process may have made it first
+    if made is None:
+        raise ConfigurationError(f"{path} vanished right after it was made; run 'aml-sandbox up' again")
+    return made
+
+
+def read_account_key(home: Path) -> str | None:
+    """The key in ``<home>/azurite/account.key``, None when there is none; a link or a damaged key is refused."""
+    path = account_key_path(home)
+    fix = "delete it and run 'aml-sandbox up' (it makes a new one; Azurite is restarted with it, data kept)"
+    try:
+        raw = read_private(path, _ACCOUNT_KEY_READ_LIMIT + 1)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        what = "a link (never followed)" if exc.errno == errno.ELOOP else f"not readable ({exc.strerror})"
+        raise ConfigurationError(f"The stack's account key file {path} is {what}; {fix}") from None
+    problem = _account_key_problem(raw.decode("ascii", "replace").strip(), len(raw))
+    if problem:
+        raise ConfigurationError(f"The stack's account key in {path} is {problem}; {fix}")
+    return raw.decode("ascii").strip()
+
+
+def _env_account_key(env: Mapping[str, str], home: Path) -> str | None:
+    raw = env.get("AML_SANDBOX_ACCOUNT_KEY")
+    if raw is None or raw.strip() == "":
+        return None
+    key = raw.strip()
+    problem = _account_key_problem(key, len(raw.encode()))
+    if problem:  # never echoed: it is a secret
+        raise ConfigurationError(
+            f"AML_SANDBOX_ACCOUNT_KEY is {problem}; set it to the base64 of at least {MIN_ACCOUNT_KEY_BYTES} random "
+            "bytes (python -c 'import base64, secrets; print(base64.b64encode(secrets.token_bytes(64)).decode())'), "
+            f"or unset it to use the stack's own key ({account_key_path(home)})")
+    return key
+
+
+def _account_key_problem(key: str, size: int) -> str | None:
+    """Why ``key`` cannot be Azurite's key, or None. A key AZURITE_ACCOUNTS cannot parse would make Azurite fall
+    back to its published key, so only plain base64 passes (no ':' or ';')."""
+    if size > _ACCOUNT_KEY_READ_LIMIT:
+        return f"longer than {_ACCOUNT_KEY_READ_LIMIT} bytes"
+    if not key:
+        return "empty"
+    try:
+        decoded = base64.b64decode(key, validate=True)
+    except (binascii.Error, ValueError):
+        return f"not base64 ({len(key)} characters; expected A-Z a-z 0-9 + / and '=' padding only)"
+    if len(decoded) < MIN_ACCOUNT_KEY_BYTES:
+        return f"{len(decoded)} bytes long once decoded; at least {MIN_ACCOUNT_KEY_BYTES} are needed"
+    return None

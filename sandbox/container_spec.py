@@ -4,12 +4,19 @@ Hardened: uid 1000, no capabilities, ``no-new-privileges``, no Docker socket, no
 limit and ``nproc``/``nofile`` ulimits so a fork bomb or a descriptor leak stays inside the run; memory
 and CPUs of the compute target's VM size. Bind mounts are a list (the same dataset may be mounted under
 two input names).
+
+A run reaches the workspace service as a run on Azure does (:class:`RunConnection`): on the stack's run
+network, shared with the service and the proxy only, with Azure's ``AZUREML_*`` variables, a run token
+scoped to the run's own tree, MLflow's tracking variables, and ``HTTPS_PROXY`` plus the stack's CA bundle
+for the blob URLs azureml-core rebuilds as ``https://<account>.blob.core.windows.net``.
 """
 
 from __future__ import annotations
 
 import resource
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sandbox.config import ComputeDefinition, Settings
@@ -26,6 +33,7 @@ EXPERIMENT_LABEL = "aml-sandbox.experiment"
 PROJECT_LABEL = "aml-sandbox.project"
 SETUP_MOUNT = "/azureml-setup"
 CONTROL_MOUNT = "/azureml-run"
+SITE_PATH = f"{SETUP_MOUNT}/aml_sandbox_runtime/site"
 RUN_UID = 1000
 DRIVER_COMMAND = ("import sys; sys.path.insert(0, '/azureml-setup'); "
                   "from aml_sandbox_runtime.driver import main; sys.exit(main())")
@@ -36,6 +44,66 @@ PIDS_LIMIT = 4096
 NPROC_LIMIT = 16384
 #: ``ulimit -n``: open files per process.
 NOFILE_LIMIT = 65536
+#: Where a run finds the stack's CA bundle (public roots and the stack's CA), bound read-only.
+CA_BUNDLE_MOUNT = "/etc/aml-sandbox/ca-bundle.pem"
+#: The names runs use for the two services on the run network (compose service names), and their ports.
+RUN_NETWORK_NAME = "workspace"
+SERVICE_URL = f"http://{RUN_NETWORK_NAME}:8790"
+PROXY_URL = "http://proxy:8791"
+#: Azure ML's regional API host, as a run on Azure reaches run history (``https://<region>.api.azureml.ms``):
+#: through the proxy, which terminates TLS with the stack's CA and sends it to the workspace service. The
+#: region is the local workspace's location.
+API_HOST = "local.api.azureml.ms"
+API_URL = f"https://{API_HOST}"
+
+
+@dataclass(frozen=True)
+class RunConnection:
+    """How runs reach the stack: the run network and, on it, the workspace service, the proxy and the CA bundle."""
+
+    network: str
+    ca_bundle: Path
+    service_url: str = SERVICE_URL
+    proxy_url: str = PROXY_URL
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], home: Path) -> RunConnection | None:
+        """The connection the compose stack gives (``AML_SANDBOX_RUN_NETWORK``); None outside it."""
+        network = env.get("AML_SANDBOX_RUN_NETWORK", "").strip()
+        if not network:
+            return None
+        return cls(network=network, ca_bundle=home / "proxy" / "ca-bundle.pem")
+
+    def environment(self, definition: RunDefinition, credentials: RunCredentials) -> dict[str, str]:
+        """Azure's run variables that point azureml-core and MLflow at the service, and the proxy variables."""
+        ws = definition.workspace
+        scope = (f"subscriptions/{ws['subscription_id']}/resourceGroups/{ws['resource_group']}/providers/"
+                 f"Microsoft.MachineLearningServices/workspaces/{ws['name']}")
+        no_proxy = "workspace,localhost,127.0.0.1"
+        return {
+            # azureml-core (and azureml-mlflow, which always builds https:// URLs) as on Azure, over TLS;
+            # plain MLflow straight to the service on the run network.
+            "AZUREML_SERVICE_ENDPOINT": API_URL,
+            "AZUREML_DISCOVERY_SERVICE_ENDPOINT": f"{API_URL}/discovery",
+            "AZUREML_RUN_TOKEN": credentials.token,
+            "AZUREML_EXPERIMENT_ID": credentials.experiment_id,
+            "MLFLOW_TRACKING_URI": f"{self.service_url}/mlflow/v1.0/{scope}",
+            "MLFLOW_TRACKING_TOKEN": credentials.token,
+            "MLFLOW_RUN_ID": definition.run_id,
+            "MLFLOW_EXPERIMENT_NAME": definition.experiment,
+            "MLFLOW_EXPERIMENT_ID": credentials.experiment_id,
+            "HTTPS_PROXY": self.proxy_url, "https_proxy": self.proxy_url,
+            "NO_PROXY": no_proxy, "no_proxy": no_proxy,
+            "REQUESTS_CA_BUNDLE": CA_BUNDLE_MOUNT, "SSL_CERT_FILE": CA_BUNDLE_MOUNT,
+        }
+
+
+@dataclass(frozen=True)
+class RunCredentials:
+    """What the service issues a run at start: its run token and its experiment's id."""
+
+    token: str = field(repr=False)
+    experiment_id: str
 
 
 def working_directory(definition: RunDefinition) -> str:
@@ -72,6 +140,7 @@ class ContainerSpec:
     memory_bytes: int
     nano_cpus: int
     shm_size: str
+    network: str | None = None
     user: str = f"{RUN_UID}:{RUN_UID}"
     pids_limit: int = PIDS_LIMIT
     nproc: int = NPROC_LIMIT
@@ -82,7 +151,7 @@ class ContainerSpec:
     def to_create_kwargs(self) -> dict[str, Any]:
         from docker.types import Ulimit
 
-        return {
+        kwargs: dict[str, Any] = {
             "image": self.image, "command": self.command, "name": self.name, "user": self.user,
             "working_dir": self.working_dir, "environment": self.environment,
             "mounts": [m.to_docker() for m in self.mounts], "labels": self.labels,
@@ -92,12 +161,19 @@ class ContainerSpec:
                         Ulimit(name="nofile", soft=self.nofile, hard=self.nofile)],
             "cap_drop": self.cap_drop, "security_opt": self.security_opt, "init": True, "detach": True,
         }
+        if self.network:
+            kwargs["network"] = self.network
+        return kwargs
 
 
 def run_container_spec(definition: RunDefinition, folder: RunFolder, compute: ComputeDefinition,
                        mounts: list[MountSpec], direct: dict[str, str], settings: Settings, *,
-                       host_memory: int, host_cpus: float) -> ContainerSpec:
-    """The container of one run: Azure's environment variables, the run folder and the dataset mounts."""
+                       host_memory: int, host_cpus: float, connection: RunConnection | None = None,
+                       credentials: RunCredentials | None = None) -> ContainerSpec:
+    """The container of one run: Azure's environment variables, the run folder and the dataset mounts.
+
+    Without a ``connection`` (outside the compose stack) the run has no service to report to: azureml-core's
+    ``Run.get_context()`` then gives its offline run."""
     ws = definition.workspace
     env = {
         "AZUREML_RUN_ID": definition.run_id,
@@ -111,10 +187,15 @@ def run_container_spec(definition: RunDefinition, folder: RunFolder, compute: Co
             f",{name}:direct" for name in direct).lstrip(","),
         "AML_SANDBOX_CONTROL_DIR": CONTROL_MOUNT,
         "PYTHONUNBUFFERED": "1",
+        # Every Python process of the run flushes its run records at its end (runtime/site/sitecustomize.py).
+        "PYTHONPATH": SITE_PATH,
         "HOME": "/tmp",
         **{str(k): str(v) for k, v in (definition.environment.get("environmentVariables") or {}).items()},
         **definition.environment_variables,
     }
+    user_path = str((definition.environment.get("environmentVariables") or {}).get("PYTHONPATH", "")
+                    or definition.environment_variables.get("PYTHONPATH", ""))
+    env["PYTHONPATH"] = SITE_PATH + (f":{user_path}" if user_path else "")
     for mount in mounts:
         env.update(mount.environment())
     env.update(direct)
@@ -123,6 +204,10 @@ def run_container_spec(definition: RunDefinition, folder: RunFolder, compute: Co
              BindMount(str(folder.wd), wd, False)]
     owners = {SETUP_MOUNT: "the sandbox's runtime", CONTROL_MOUNT: "the sandbox's control folder",
               wd: "the working directory"}
+    if connection is not None and credentials is not None:
+        env.update(connection.environment(definition, credentials))
+        binds.append(BindMount(str(connection.ca_bundle), CA_BUNDLE_MOUNT, True))
+        owners[CA_BUNDLE_MOUNT] = "the stack's CA bundle"
     for mount in mounts:
         if mount.mount_point in owners:
             raise ValueError(f"input {mount.name!r} would be mounted at {mount.mount_point}, where "
@@ -142,6 +227,7 @@ def run_container_spec(definition: RunDefinition, folder: RunFolder, compute: Co
         memory_bytes=memory,
         nano_cpus=int(min(compute.cores, host_cpus) * 1e9),
         shm_size=definition.shm_size or "2g",
+        network=connection.network if connection is not None else None,
         nproc=within_hard_limit(NPROC_LIMIT, resource.RLIMIT_NPROC),
         nofile=within_hard_limit(NOFILE_LIMIT, resource.RLIMIT_NOFILE),
     )

@@ -2,11 +2,14 @@
 
 ``prepare`` (status Preparing): the run folder, the snapshot unpacked into the working directory,
 the runtime copied in, the image checked. ``start`` (Running): the dataset inputs materialised and
-planned as mounts, the container created and started. ``wait``: the run folder followed
-(history records handed to a callback while the run goes), cancel and time limits applied, the
-exit classified (exit code, the script's exception, OOM kill). ``finalize`` (Finalizing): the driver
-log, ``logs/``, ``outputs/`` and uploaded files stored in Azurite container ``azureml`` under
-``ExperimentRun/dcid.<run_id>/``, the run folder removed.
+planned as mounts, the container created on the run network and started. ``wait``: cancel, time and
+disk limits applied, the exit classified (exit code, the error the run reported, OOM kill).
+``finalize`` (Finalizing): the driver log (and image build log) stored in Azurite container ``azureml``
+under ``ExperimentRun/dcid.<run_id>/``, the run folder removed.
+
+Inside the container the run is azureml-core's own: its metrics, tags, child runs and files (``outputs/``
+and ``logs/`` too, uploaded by Azure's context managers at the end) go to the workspace service over HTTP
+with the run's token. The service reads only the driver log of the run folder (link-refusing, bounded).
 
 The container runs as uid 1000, with no capabilities, no Docker socket and no storage credentials;
 it is labelled with the run id and removed in every case. No global state: a service hosts one
@@ -26,14 +29,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sandbox.config import ComputeDefinition, Settings
-from sandbox.container_spec import RUN_ID_LABEL, run_container_spec, working_directory
+from sandbox.container_spec import RUN_ID_LABEL, RunConnection, RunCredentials, run_container_spec, working_directory
 from sandbox.docker_engine import DockerEngine
 from sandbox.errors import ImageNotFoundError
 from sandbox.fake_mount import DatasetCache, Materialized, MountSpec, own_for_run, plan_mount
 from sandbox.image_builder import BUILD_COMMAND_HINT
 from sandbox.run_definition import RunDefinition
 from sandbox.run_folder import DRIVER_LOG, IMAGE_BUILD_LOG, RunFolder, skipped_notes
-from sandbox.run_history import HistoryFollower
 from sandbox.run_outcome import RunOutcome, classify
 from sandbox.snapshot import extract
 from sandbox.storage import BlobStore, Transfer, TransferResult
@@ -81,10 +83,12 @@ class LocalRunner:
     """Executes runs in containers; one instance per service, no global state."""
 
     def __init__(self, engine: DockerEngine, store: BlobStore, settings: Settings, *,
-                 max_run_bytes: int = MAX_RUN_BYTES, min_free_bytes: int = MIN_FREE_BYTES) -> None:
+                 max_run_bytes: int = MAX_RUN_BYTES, min_free_bytes: int = MIN_FREE_BYTES,
+                 connection: RunConnection | None = None) -> None:
         self.engine = engine
         self.store = store
         self.settings = settings
+        self.connection = connection
         self.max_run_bytes = max_run_bytes
         self.min_free_bytes = min_free_bytes
         self.cache = DatasetCache(store, settings.home / "cache" / "datasets")
@@ -98,7 +102,7 @@ class LocalRunner:
         folder = self.folder(definition.run_id)
         if folder.root.exists():
             shutil.rmtree(folder.root)
-        for path in (folder.wd, folder.control / "azureml-logs", folder.control / "artifacts", folder.inputs):
+        for path in (folder.wd, folder.control / "azureml-logs", folder.inputs):
             path.mkdir(parents=True, exist_ok=True)
         extract(snapshot, folder.wd)
         shutil.copytree(RUNTIME_SOURCE, folder.setup / RUNTIME_PACKAGE,
@@ -116,7 +120,8 @@ class LocalRunner:
 
     # -- Running -----------------------------------------------------------------------------
 
-    def start(self, definition: RunDefinition, folder: RunFolder, compute: ComputeDefinition) -> StartedRun:
+    def start(self, definition: RunDefinition, folder: RunFolder, compute: ComputeDefinition,
+              credentials: RunCredentials | None = None) -> StartedRun:
         wd = working_directory(definition)
         mounts: list[MountSpec] = []
         materialized: list[Materialized] = []
@@ -129,7 +134,7 @@ class LocalRunner:
                 mounts.append(plan_mount(spec, item, wd, folder.inputs))
             direct = {s.name: s.dataset_id for s in definition.input_specs if s.mode == "direct"}
             self._write_spec(definition, folder, mounts, direct)
-            container = self._create_container(definition, folder, compute, mounts, direct)
+            container = self._create_container(definition, folder, compute, mounts, direct, credentials)
             container.start()
         except BaseException:
             for item in materialized:
@@ -161,38 +166,34 @@ class LocalRunner:
             handle.write(json.dumps(spec, indent=2))
 
     def _create_container(self, definition: RunDefinition, folder: RunFolder, compute: ComputeDefinition,
-                          mounts: list[MountSpec], direct: dict[str, str]) -> Container:
+                          mounts: list[MountSpec], direct: dict[str, str],
+                          credentials: RunCredentials | None) -> Container:
         info = self.engine.info()
         spec = run_container_spec(definition, folder, compute, mounts, direct, self.settings,
                                   host_memory=int(info.get("MemTotal") or compute.memory_bytes),
-                                  host_cpus=float(info.get("NCPU") or compute.cores))
+                                  host_cpus=float(info.get("NCPU") or compute.cores),
+                                  connection=self.connection, credentials=credentials)
         return self.engine.client.containers.create(**spec.to_create_kwargs())
 
     def wait(self, started: StartedRun, *, cancel: threading.Event,
-             on_history: Callable[[list[dict[str, Any]]], None],
-             follower: HistoryFollower | None = None) -> RunOutcome:
-        """Follow the run until its container exits; apply cancel, max_run_duration_seconds and the disk bounds."""
+             reported_error: Callable[[], dict[str, Any] | None] = lambda: None) -> RunOutcome:
+        """Wait for the run's container to exit; apply cancel, max_run_duration_seconds and the disk bounds.
+
+        ``reported_error`` gives the error the run reported to run history (azureml-core's ``Run.Error``
+        event: the script's exception, or ``run.fail()``), read once the container has exited."""
         import docker.errors
         import requests.exceptions
 
-        follower = follower or HistoryFollower(started.folder)
         container = started.container
         deadline = None
         if started.definition.max_run_duration_seconds:
             deadline = time.monotonic() + started.definition.max_run_duration_seconds
-        errors = ErrorRecords()
         stop_reason: str | None = None
         stop_message: str | None = None
         exit_code: int | None = None
         next_measure = 0.0
 
-        def pump(records: list[dict[str, Any]]) -> None:
-            errors.extend(records)
-            if records:
-                on_history(records)
-
         while exit_code is None:
-            pump(follower.read_new())
             if stop_reason is None and cancel.is_set():
                 stop_reason = "canceled"
             if stop_reason is None and deadline is not None and time.monotonic() > deadline:
@@ -216,16 +217,15 @@ class LocalRunner:
                 continue
             except docker.errors.NotFound:
                 exit_code = -1
-        for records in follower.batches():
-            pump(records)
         oom = False
         try:
             container.reload()
             oom = bool(container.attrs.get("State", {}).get("OOMKilled"))
         except docker.errors.NotFound:
             pass
+        error = reported_error()
         return self.classify(started.definition, started.folder, started.compute, exit_code, oom, stop_reason,
-                             errors.kept(), stop_message=stop_message)
+                             [error] if error else [], stop_message=stop_message)
 
     def _over_disk_bounds(self, folder: RunFolder, *, measure: bool) -> str | None:
         """Why the run must stop for what it wrote (None when it may go on)."""
@@ -300,30 +300,6 @@ class LocalRunner:
 
     def cleanup(self, run_id: str) -> None:
         self.folder(run_id).remove()
-
-
-class ErrorRecords:
-    """The run's ``error`` records as far as the outcome needs them: the last one, and the last explicit one
-    (``run.fail()``). A run can write millions; the service keeps two."""
-
-    def __init__(self) -> None:
-        self.last: dict[str, Any] | None = None
-        self.last_explicit: dict[str, Any] | None = None
-
-    def extend(self, records: list[dict[str, Any]]) -> None:
-        for record in records:
-            if record.get("kind") == "error":
-                self.last = record
-                if record.get("explicit"):
-                    self.last_explicit = record
-
-    def kept(self) -> list[dict[str, Any]]:
-        """In the order classify reads them: the last error is the last item."""
-        if self.last is None:
-            return []
-        if self.last_explicit is None or self.last_explicit is self.last:
-            return [self.last]
-        return [self.last_explicit, self.last]
 
 
 def _content_type(blob: str) -> str | None:

@@ -16,13 +16,8 @@ from pathlib import Path
 
 def create_once(path: Path, data: bytes, *, owner: os.stat_result) -> None:
     """Create ``path`` holding ``data`` (mode 0600, owned as ``owner``) unless it exists; never half-written."""
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)  # mode 0600
+    temporary = _written(path, data, owner)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        give_to(Path(temporary), owner)
         try:
             os.link(temporary, path)  # fails if it exists: the first creator wins
         except FileExistsError:
@@ -34,6 +29,31 @@ def create_once(path: Path, data: bytes, *, owner: os.stat_result) -> None:
         fsync_folder(path.parent)
     finally:
         Path(temporary).unlink(missing_ok=True)
+
+
+def replace_private(path: Path, data: bytes, *, owner: os.stat_result) -> None:
+    """Replace ``path`` with ``data`` whole (mode 0600, owned as ``owner``): readers see the old or the new file."""
+    temporary = _written(path, data, owner)
+    try:
+        os.replace(temporary, path)
+        fsync_folder(path.parent)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+
+
+def _written(path: Path, data: bytes, owner: os.stat_result) -> str:
+    """A 0600 temporary file beside ``path`` holding ``data``, fsynced and owned as ``owner``; its name."""
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)  # mode 0600
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        give_to(Path(temporary), owner)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return temporary
 
 
 def read_private(path: Path, limit: int) -> bytes:

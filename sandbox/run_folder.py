@@ -1,15 +1,15 @@
 """The run folder ``<state>/runs/<run_id>``: what a run container sees of the host, read without trusting it.
 
-``setup/`` (the runtime, read-only in the container), ``control/`` (``/azureml-run``: driver log, history,
-uploaded files), ``wd/`` (the working directory: ``outputs/``, ``logs/``) and ``inputs/`` (``as_download``
-copies) are written by the run's uid, so every name in them is hostile: it may be a link to a host file, a
-FIFO, or swapped between two calls. Reads here go from the folder's root (owned by the service) one
-component at a time with ``O_NOFOLLOW`` relative to the folder above, so no link is followed anywhere on
-the way; the file is opened ``O_NONBLOCK`` (a FIFO never blocks) and used only when ``fstat`` says it is
-a regular file.
+``setup/`` (the runtime, read-only in the container), ``control/`` (``/azureml-run``: the driver log),
+``wd/`` (the working directory: ``outputs/``, ``logs/``, which the run's azureml-core uploads itself) and
+``inputs/`` (``as_download`` copies) are written by the run's uid, so every name in them is hostile: it
+may be a link to a host file, a FIFO, or swapped between two calls. Reads here go from the folder's root
+(owned by the service) one component at a time with ``O_NOFOLLOW`` relative to the folder above, so no
+link is followed anywhere on the way; the file is opened ``O_NONBLOCK`` (a FIFO never blocks) and used
+only when ``fstat`` says it is a regular file.
 
 The service never writes into the run's folders once the container exists: its own lines (a cancel, a
-time limit, a skipped file or history line) go to ``service/notes.txt``, a folder never mounted in the
+time limit, a skipped file) go to ``service/notes.txt``, a folder never mounted in the
 container. Once the container has ended (:meth:`RunFolder.seal`) they are shown after the run's driver
 log, and stored that way.
 """
@@ -27,10 +27,9 @@ from typing import BinaryIO, NamedTuple
 
 DRIVER_LOG = "azureml-logs/70_driver_log.txt"
 IMAGE_BUILD_LOG = "azureml-logs/20_image_build_log.txt"
-HISTORY = "control/history.jsonl"
-#: Where the run files a user sees come from: (folder in the run folder, the name prefix it serves).
-SOURCES = (("control/azureml-logs", "azureml-logs/"), ("wd/outputs", "outputs/"), ("wd/logs", "logs/"),
-           ("control/artifacts", ""))
+#: The run files the service serves and stores from the run folder: (folder in the run folder, name prefix).
+#: Everything else a run keeps (``outputs/``, ``logs/``, uploads) its own azureml-core sends to run history.
+SOURCES = (("control/azureml-logs", "azureml-logs/"),)
 #: Files a run can store; more are skipped with a note (a listing must fit in one response).
 MAX_FILES = 100_000
 #: Folder depth followed below a source; deeper entries are skipped with a note.

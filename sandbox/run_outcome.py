@@ -20,7 +20,11 @@ class RunOutcome:
 
 def classify(definition: RunDefinition, compute: ComputeDefinition, exit_code: int, oom: bool,
              stop_reason: str | None, errors: list[dict[str, Any]], *, stop_message: str | None = None) -> RunOutcome:
-    """The final status and error of a run from how its container ended and what the script recorded.
+    """The final status and error of a run from how its container ended and the error it reported.
+
+    ``errors`` holds the error the run posted to run history (azureml-core's ``Run.Error`` event, Azure's
+    shape: ``code``, ``message``, ``debug_type``, ``debug_stack_trace``), if any: with exit code 0 it is a
+    ``run.fail()``, which fails the run.
 
     ``stop_reason`` is why the service stopped the container (``"canceled"``, ``"timeout"``, ``"disk"`` with
     ``stop_message`` saying what was over the limit), or None.
@@ -44,26 +48,23 @@ def classify(definition: RunDefinition, compute: ComputeDefinition, exit_code: i
                    f"{exit_code} (OOMKilled). Use less memory or a compute target with a larger VM size.")
         return RunOutcome(RunStatus.FAILED, exit_code, {"code": "UserError", "message": message,
                                                           "type": "OutOfMemory"}, message)
-    explicit = [e for e in errors if e.get("explicit")]
-    if exit_code == 0 and not explicit:
+    reported = errors[-1] if errors else None
+    if exit_code == 0 and not reported:
         return RunOutcome(RunStatus.COMPLETED, 0)
-    error = (errors or [{}])[-1]
     note = None
-    if error.get("type") == "DatasetMountValidationException":
-        message = f"Dataset initialization failed: DatasetMountValidationException: {error.get('message', '')}"
-    elif error.get("type"):
-        message = f"User program failed with {error['type']}: {error.get('message', '')}"
-    elif error.get("explicit"):
-        message = str(error.get("message", "The run was marked as failed"))
+    if reported and reported.get("message"):
+        message = str(reported["message"])  # Azure's own wording, as the run's azureml-core posted it
     elif exit_code in (137, 143, -1):
         message = (f"The run's container was stopped from outside (exit code {exit_code}) before the script "
                    "finished.")
         note = message
+    elif exit_code == 0:
+        message = "The run was marked as failed"
     else:
         message = f"User program failed with exit code {exit_code}"
-    details = {"code": error.get("code", "UserError"), "message": message}
-    if error.get("type"):
-        details["type"] = error["type"]
-    if error.get("traceback"):
-        details["traceback"] = error["traceback"]
+    details: dict[str, Any] = {"code": str((reported or {}).get("code") or "UserError"), "message": message}
+    if reported and (reported.get("debug_type") or reported.get("type")):
+        details["type"] = str(reported.get("debug_type") or reported.get("type"))
+    if reported and (reported.get("debug_stack_trace") or reported.get("traceback")):
+        details["traceback"] = str(reported.get("debug_stack_trace") or reported.get("traceback"))
     return RunOutcome(RunStatus.FAILED, exit_code, details, note)

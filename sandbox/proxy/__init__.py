@@ -1,7 +1,8 @@
 """The stack's TLS-terminating proxy and its CA (routing by host only: the proxy knows hosts, not Azure ML).
 
-``ca`` makes and keeps the stack's CA and mints leaf certificates; ``server`` is the asyncio proxy
-(``python -m sandbox.proxy`` runs it; docker-compose.yml's ``proxy`` service does so). :func:`probe` and
+``ca`` makes and keeps the stack's (name-constrained) CA and mints leaf certificates; ``server`` is the asyncio
+proxy (``python -m sandbox.proxy`` runs it; docker-compose.yml's ``proxy`` service does so), ``http11`` the
+HTTP/1.1 framing it reads and relays, ``policy`` where its tunnels may go (public addresses only). :func:`probe` and
 :func:`wait_until_ready` check a running proxy from the host.
 """
 

@@ -22,7 +22,7 @@ async def _serve(server: ProxyServer) -> None:
     logging.getLogger("sandbox.proxy").info(
         "listening on %s:%d; *.blob.core.windows.net -> %s; other hosts %s; CA bundle %s",
         config.listen_host, server.port, config.blob_upstream, "refused (AML_SANDBOX_OFFLINE=1)" if config.offline
-        else "tunnelled", server.ca.files.bundle)
+        else "tunnelled to public addresses only", server.ca.files.bundle)
     await stop.wait()
     await server.close()
 

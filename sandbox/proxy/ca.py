@@ -3,13 +3,24 @@
 Made with ``cryptography`` at first use and kept in the state folder:
 
 - ``<home>/proxy/ca.key``: the CA's private key followed by its certificate, mode 0600 (user-only), owned by
-  the state folder's owner. One file, so the key and its certificate appear together or not at all: it is
-  written to a temporary file and linked into place, and two processes creating it at once (``aml-sandbox
-  up`` on the host, the proxy in its container) end with the same CA.
+  the owner of ``<home>/proxy`` (of ``<home>`` when that folder does not exist yet: the proxy container
+  mounts ``<home>/proxy`` alone, and there ``<home>`` is a root-owned placeholder). One file, so the key and
+  its certificate appear together or not at all: it is written to a temporary file and linked into place, and
+  two processes creating it at once (``aml-sandbox up`` on the host, the proxy in its container) end with the
+  same CA.
 - ``<home>/proxy/ca.pem``: the CA certificate alone (public).
 - ``<home>/proxy/ca-bundle.pem``: certifi's public roots followed by the CA, for ``REQUESTS_CA_BUNDLE``
   (requests, azure-core) and ``SSL_CERT_FILE`` (OpenSSL, rslex): clients that trust it reach the public
   internet through the proxy's tunnels as before, and the local blob storage through its leaves.
+
+The CA is name-constrained (a critical NameConstraints extension): it can vouch only for DNS names under
+``PERMITTED_DNS`` (``core.windows.net`` permits ``acct.blob.core.windows.net``: a subtree is the name and
+every name ending in ``.`` + it) and for no IP address, so even a leaked key, or a bundle trusted
+system-wide, cannot impersonate any other host; OpenSSL, rustls/webpki and ``cryptography`` enforce it. A CA
+made before the constraint existed (or with other subtrees) is replaced once by :meth:`StackCA.ensure`: same
+files, a new key and certificate. Clients read the bundle afresh at each start (``REQUESTS_CA_BUNDLE``,
+``SSL_CERT_FILE``), so they trust the new CA the next time they start; a proxy container still running with
+the old CA in memory must be restarted (``docker compose -p <project> restart proxy``).
 
 Leaf certificates (one per host name, the name in subjectAltName, a key shared by all leaves) are minted on
 demand and cached in memory only; nothing but the CA is written to disk.
@@ -17,13 +28,16 @@ demand and cached in memory only; nothing but the CA is written to disk.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import fcntl
 import ipaddress
 import os
 import ssl
 import tempfile
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +46,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from sandbox.private_files import create_once, give_to, read_private
+from sandbox.private_files import create_once, give_to, read_private, replace_private
 
 PROXY_FOLDER = "proxy"
 KEY_FILE = "ca.key"
@@ -47,6 +61,13 @@ LEAF_RENEW_AFTER = datetime.timedelta(days=7)
 LEAF_CACHE_SIZE = 256
 #: Backdating, so a client whose clock is a little behind still accepts a fresh certificate.
 CLOCK_SKEW = datetime.timedelta(hours=1)
+#: The DNS subtrees the stack will ever impersonate (Azure's service domains); the CA can sign for no others.
+PERMITTED_DNS = ("core.windows.net", "azure.com", "azureml.ms", "azure.net", "windows.net", "microsoftonline.com",
+                 "microsoft.com", "visualstudio.com", "applicationinsights.io")
+NAME_CONSTRAINTS = x509.NameConstraints(
+    permitted_subtrees=[x509.DNSName(name) for name in PERMITTED_DNS],
+    excluded_subtrees=[x509.IPAddress(ipaddress.ip_network("0.0.0.0/0")), x509.IPAddress(ipaddress.ip_network("::/0"))],
+)
 
 
 @dataclass(frozen=True)
@@ -85,26 +106,20 @@ class StackCA:
 
     @classmethod
     def ensure(cls, home: Path) -> StackCA:
-        """Load the stack's CA from ``<home>/proxy``, making it first if it does not exist; write the bundle."""
+        """Load the stack's CA from ``<home>/proxy``, making it first if it does not exist; write the bundle.
+
+        A CA without the current name constraints (made by an older version) is replaced by a new one in the
+        same files. Files are given to the owner of ``<home>/proxy`` (else of ``<home>``) when root writes them.
+        """
         files = CAFiles.for_home(home)
         home.mkdir(parents=True, exist_ok=True)
-        owner = home.stat()
+        owner = _owner(home, files.folder)
         _make_folder(files.folder, owner)
-        try:
-            pem = read_private(files.key, 64 * 1024)
-        except FileNotFoundError:
-            create_once(files.key, _new_ca_pem(), owner=owner)
-            pem = read_private(files.key, 64 * 1024)
-        try:
-            key = serialization.load_pem_private_key(pem, password=None)
-            cert = x509.load_pem_x509_certificate(pem[pem.index(b"-----BEGIN CERTIFICATE-----"):])
-        except ValueError as exc:
-            raise ValueError(f"{files.key} does not hold the stack's CA key and certificate ({exc}); delete "
-                             f"{files.folder} and start the stack again (clients must then trust the new "
-                             f"{files.bundle})") from exc
-        if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise ValueError(f"{files.key} holds a {type(key).__name__}, not the EC key the stack's CA uses; delete "
-                             f"{files.folder} and start the stack again")
+        with _locked(files.folder):  # the host's `aml-sandbox up` and the proxy container may start together
+            key, cert = _load_or_make(files, owner)
+            if _name_constraints(cert) != NAME_CONSTRAINTS:
+                replace_private(files.key, _new_ca_pem(), owner=owner)
+                key, cert = _load_or_make(files, owner)
         ca = cls(key, cert, files)
         cert_pem = cert.public_bytes(serialization.Encoding.PEM)
         _write_public(files.cert, cert_pem, owner)
@@ -114,7 +129,14 @@ class StackCA:
     # -- leaves ------------------------------------------------------------------------------
 
     def leaf_pem(self, host: str) -> tuple[bytes, bytes]:
-        """(certificate chain, private key) in PEM for ``host``: a new leaf signed by the CA."""
+        """(certificate chain, private key) in PEM for ``host``: a new leaf signed by the CA.
+
+        ``host`` must be a DNS name under ``PERMITTED_DNS``: clients refuse a leaf for any other name (the CA's
+        name constraints), so asking for one is a ``ValueError``.
+        """
+        if not permitted(host):
+            raise ValueError(f"the stack's CA signs for names under {', '.join(PERMITTED_DNS)} only (its name "
+                             f"constraints), not for {host!r}")
         now = datetime.datetime.now(datetime.UTC)
         ca_ski = self.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
         leaf = (
@@ -125,7 +147,7 @@ class StackCA:
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - CLOCK_SKEW)
             .not_valid_after(now + LEAF_LIFETIME)
-            .add_extension(x509.SubjectAlternativeName([_general_name(host)]), critical=False)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
                                          data_encipherment=False, key_agreement=False, key_cert_sign=False,
@@ -194,6 +216,7 @@ def _new_ca_pem() -> bytes:
         .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
                                      data_encipherment=False, key_agreement=False, key_cert_sign=True,
                                      crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(NAME_CONSTRAINTS, critical=True)
         .add_extension(ski, critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
         .sign(key, hashes.SHA256())
@@ -203,11 +226,36 @@ def _new_ca_pem() -> bytes:
             + cert.public_bytes(serialization.Encoding.PEM))
 
 
-def _general_name(host: str) -> x509.GeneralName:
+def permitted(host: str) -> bool:
+    """Whether ``host`` is a DNS name the CA's name constraints let it sign for."""
+    name = host.lower().rstrip(".")
+    return any(name == tree or name.endswith("." + tree) for tree in PERMITTED_DNS)
+
+
+def _name_constraints(cert: x509.Certificate) -> x509.NameConstraints | None:
     try:
-        return x509.IPAddress(ipaddress.ip_address(host))
-    except ValueError:
-        return x509.DNSName(host)
+        return cert.extensions.get_extension_for_class(x509.NameConstraints).value
+    except x509.ExtensionNotFound:
+        return None
+
+
+def _load_or_make(files: CAFiles, owner: os.stat_result) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    try:
+        pem = read_private(files.key, 64 * 1024)
+    except FileNotFoundError:
+        create_once(files.key, _new_ca_pem(), owner=owner)
+        pem = read_private(files.key, 64 * 1024)
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+        cert = x509.load_pem_x509_certificate(pem[pem.index(b"-----BEGIN CERTIFICATE-----"):])
+    except ValueError as exc:
+        raise ValueError(f"{files.key} does not hold the stack's CA key and certificate ({exc}); delete "
+                         f"{files.folder} and start the stack again (clients must then trust the new "
+                         f"{files.bundle})") from exc
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{files.key} holds a {type(key).__name__}, not the EC key the stack's CA uses; delete "
+                         f"{files.folder} and start the stack again")
+    return key, cert
 
 
 def _public_roots() -> bytes:
@@ -217,6 +265,27 @@ def _public_roots() -> bytes:
 
 
 # -- files -----------------------------------------------------------------------------------
+
+
+def _owner(home: Path, folder: Path) -> os.stat_result:
+    """Whose files these are: ``<home>/proxy``'s owner when it exists (in the proxy container ``<home>`` is a
+    root-owned placeholder around that one mounted folder), else ``<home>``'s."""
+    try:
+        stat = folder.lstat()
+    except FileNotFoundError:
+        return home.stat()
+    return stat if not folder.is_symlink() and folder.is_dir() else home.stat()
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """An exclusive lock on ``folder`` (flock: across processes and containers sharing the bind mount)."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _make_folder(folder: Path, owner: os.stat_result) -> None:

@@ -4,15 +4,15 @@ Prints the driver-log lines in Azure's order and wording (PARITY.md 1.2-1.4): th
 the dataset context manager (``Processing 'input'.``, the dataset JSON, the mount lines), the run
 history context manager (``Current directory:``, ``$input`` before and after variable expansion),
 then runs the script in this process as ``python <script> <args>`` would (same ``sys.argv``,
-``__name__ == "__main__"``, working directory, ``sys.path[0]``), with ``Run.get_context()``
-returning the run, and ends with Azure's completion or failure lines and the script's exit code.
+``__name__ == "__main__"``, working directory, ``sys.path[0]``) inside azureml-core's own run history
+context manager (:mod:`.history`: ``Run.get_context()`` is azureml-core's, reporting over HTTP), and ends
+with Azure's completion or failure lines and the script's exit code.
 
 Failure tail: Azure's wording for a failed ``Script type = None`` run was not observed; this uses
 "The experiment failed. Finalizing run..." (PARITY.md 1.5), after the user's traceback.
 
-Cleanup tail (PARITY.md 1.4): ``N items cleaning up...`` counts the run objects whose flush is
-outstanding, as azureml-core's ``_RunBase._kill`` counts its kill handlers, and ``Cleanup took``
-is the time those flushes really took.
+Cleanup tail (PARITY.md 1.4): printed by azureml-core's own ``_RunBase._kill`` (``N items cleaning up...``
+counts its kill handlers: the context manager's run, plus the script's ``Run.get_context()`` if it asked).
 """
 
 from __future__ import annotations
@@ -23,15 +23,13 @@ import json
 import logging
 import os
 import sys
-import time
 import traceback
 import types
 from datetime import datetime, timezone
 from typing import Any
 
-from . import listing
-from .history import HistoryWriter
-from .run_context import CleanupQueue, SandboxRun, install
+from . import listing, report
+from .history import ExcInfo, RunHistory
 
 INJECT = ["ProjectPythonPath:context_managers.ProjectPythonPath", "Dataset:context_managers.Datasets",
           "RunHistory:context_managers.RunHistory", "TrackUserError:context_managers.TrackUserError",
@@ -58,18 +56,6 @@ def _version(package: str) -> str:
         return version(package)
     except PackageNotFoundError:
         return "n/a"
-
-
-def _sdk_logger(run_id: str) -> logging.Logger:
-    """``logs/azureml/<pid>_azureml.log``, in the SDK's line format."""
-    os.makedirs(os.path.join("logs", "azureml"), exist_ok=True)
-    handler = logging.FileHandler(os.path.join("logs", "azureml", f"{os.getpid()}_azureml.log"))
-    handler.setFormatter(logging.Formatter("%(asctime)s|%(name)s|%(levelname)s|%(message)s"))
-    logger = logging.getLogger("azureml")
-    logger.setLevel(logging.DEBUG)
-    logger.addHandler(handler)
-    logger.propagate = False
-    return logger
 
 
 class DatasetContextManager:
@@ -147,62 +133,23 @@ def _exec_as_main(script_path: str) -> None:
             sys.modules["__main__"] = saved
 
 
-def _seconds(elapsed: float) -> str:
-    """A duration as Azure prints it (``str(float)``: ``0.1812913417816162``), never in exponent form.
-
-    Azure's flush is an HTTP call, so its logs only show plain decimals; a local flush can take
-    microseconds, where ``str()`` would give ``2.1e-06``: those keep their digits in positional form.
-    """
-    text = repr(elapsed)
-    if "e" not in text:
-        return text
-    positional = f"{elapsed:.20f}".rstrip("0")
-    return positional + "0" if positional.endswith(".") else positional
-
-
-def _clean_up(queue: CleanupQueue, timeout: float) -> None:
-    """``_RunBase._kill`` (PARITY.md 1.4): announce, count and run the outstanding flushes, time them.
-
-    The count follows azureml-core, where every ``Run`` object registers one kill handler: the run
-    history context manager's own run (always: hello.py, which never calls ``Run.get_context()``,
-    gives ``1 items cleaning up...``), plus the run ``Run.get_context()`` made for the script (once:
-    later calls return the same object), so a script that logs metrics gives 2. Each handler is that
-    run's ``flush``: Azure's sends the run's pending metric batch, ours fsyncs the run's history records.
-    """
-    _say(f"Cleaning up all outstanding Run operations, waiting {timeout} seconds")
-    handlers = queue.drain()
-    _say(f"{len(handlers)} items cleaning up...")
-    started = time.perf_counter()
-    for handler in handlers:
-        if time.perf_counter() - started > timeout:
-            logging.getLogger("azureml").warning("Could not clean up all items! Data loss might occur!")
-            return
-        handler(timeout)
-    _say(f"Cleanup took {_seconds(time.perf_counter() - started)} seconds")
-
-
-def run_script(spec: dict[str, Any], control_dir: str, history: HistoryWriter) -> int:
+def run_script(spec: dict[str, Any]) -> int:
     script = spec["script"]
     _say(f"[{_stamp()}] Entering context manager injector.")
     _say(f"[context_manager_injector.py] Command line Options: Namespace(inject={INJECT!r}, "
          f"invocation={[script, *spec['arguments_template']]!r})")
     datasets = DatasetContextManager(spec)
     try:
-        input_paths = datasets.enter()
+        datasets.enter()
     except DatasetMountError as exc:
         _say(str(exc))
-        history.write("error", code="UserError", type="DatasetMountValidationException",
-                      message=str(exc).split(": ", 1)[1])
+        message = str(exc).split(": ", 1)[1]  # "Dataset initialization failed: DatasetMountValidationException: ..."
+        report.post_error({"code": "UserError", "message": message, "debug_type": "DatasetMountValidationException"})
         return 1
 
     _say("Entering Run History Context Manager.")
-    os.makedirs("outputs", exist_ok=True)
-    os.environ.setdefault("AZUREML_OUTPUT_DIRECTORY", "./outputs")
-    logger = _sdk_logger(spec["run_id"])
-    logger.info("Run %s: calling script %s", spec["run_id"], script)
-    cleanup = CleanupQueue()
-    SandboxRun(spec, control_dir, input_paths, cleanup=cleanup)  # the run history context manager's own run
-    install(lambda: SandboxRun(spec, control_dir, input_paths, cleanup=cleanup))  # the script's, when it asks
+    history = RunHistory()
+    history.enter()
     listing.install([item["mount_point"] for item in spec.get("inputs", []) if item["mode"] == "mount"])
     _say(f"Current directory:  {os.getcwd()}")
     display = spec["arguments_display"]
@@ -214,6 +161,7 @@ def run_script(spec: dict[str, Any], control_dir: str, history: HistoryWriter) -
 
     script_path = os.path.abspath(script)
     exit_code = 0
+    exc_info: ExcInfo = (None, None, None)
     saved_argv, saved_path = sys.argv, list(sys.path)
     sys.argv = [script, *expanded]
     setup_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -230,12 +178,11 @@ def run_script(spec: dict[str, Any], control_dir: str, history: HistoryWriter) -
             sys.stderr.write(f"{code}\n")
             exit_code = 1
         if exit_code:
-            history.write("error", code="UserError", type="SystemExit", message=str(code))
+            exc_info = (type(exc), exc, exc.__traceback__)
     except BaseException as exc:
         sys.stderr.write(_user_traceback(exc, script_path))
         sys.stderr.flush()
-        history.write("error", code="UserError", type=type(exc).__name__, message=str(exc),
-                      traceback=_user_traceback(exc, script_path))
+        exc_info = (type(exc), exc, exc.__traceback__)
         exit_code = 1
     finally:
         sys.argv, sys.path[:] = saved_argv, saved_path
@@ -252,10 +199,11 @@ def run_script(spec: dict[str, Any], control_dir: str, history: HistoryWriter) -
     _say("Logging experiment finalizing status in history service.")
     _say(f"[{_stamp()}] TimeoutHandler __init__")
     _say(f"[{_stamp()}] TimeoutHandler __enter__")
-    _clean_up(cleanup, float(spec.get("cleanup_timeout", 300.0)))
+    history.exit(exc_info, float(spec.get("cleanup_timeout", 300.0)))
+    sys.stdout.flush()
     datasets.exit()
     _say(f"[{_stamp()}] TimeoutHandler __exit__")
-    logger.info("Run %s: script exited with %s", spec["run_id"], exit_code)
+    logging.getLogger("azureml").info("Run %s: script exited with %s", spec["run_id"], exit_code)
     return exit_code
 
 
@@ -263,5 +211,4 @@ def main(argv: list[str] | None = None) -> int:
     control_dir = os.environ.get("AML_SANDBOX_CONTROL_DIR", "/azureml-run")
     with open(os.path.join(control_dir, "spec.json"), encoding="utf-8") as handle:
         spec = json.load(handle)
-    history = HistoryWriter(os.path.join(control_dir, "history.jsonl"))
-    return run_script(spec, control_dir, history)
+    return run_script(spec)

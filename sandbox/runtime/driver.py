@@ -13,8 +13,6 @@ import signal
 import subprocess
 import sys
 
-from .history import HistoryWriter
-
 BOOTSTRAP = ("import sys; sys.path.insert(0, {setup!r}); "
              "from aml_sandbox_runtime.context_manager_injector import main; sys.exit(main())")
 
@@ -24,7 +22,6 @@ def main() -> int:
     setup_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     log_dir = os.path.join(control_dir, "azureml-logs")
     os.makedirs(log_dir, exist_ok=True)
-    history = HistoryWriter(os.path.join(control_dir, "history.jsonl"))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     child = subprocess.Popen([sys.executable, "-c", BOOTSTRAP.format(setup=setup_dir)], stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, env=env)
@@ -35,7 +32,6 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    history.write("started", pid=child.pid)
     assert child.stdout is not None
     out = sys.stdout.buffer
     with open(os.path.join(log_dir, "70_driver_log.txt"), "ab", buffering=0) as log:
@@ -51,11 +47,8 @@ def main() -> int:
             out.write(chunk)
             out.flush()
     code = child.wait()
-    if code < 0:
-        name = signal.Signals(-code).name
-        history.write("exited", exit_code=128 - code, signal=name)
+    if code < 0:  # killed by a signal: the shell's convention, as Azure reports it
         return 128 - code
-    history.write("exited", exit_code=code)
     return code
 
 

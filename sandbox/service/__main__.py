@@ -16,6 +16,7 @@ from pathlib import Path
 import uvicorn
 
 from sandbox.config import Settings, _env_int
+from sandbox.container_spec import API_HOST, RUN_NETWORK_NAME, RunConnection
 from sandbox.docker_engine import DockerEngine
 from sandbox.errors import SandboxError
 from sandbox.local_runner import MAX_RUN_BYTES, LocalRunner
@@ -23,6 +24,7 @@ from sandbox.service.api import Services, create_api
 from sandbox.service.auth import ensure_token
 from sandbox.service.executor import Executor
 from sandbox.service.pages import add_pages
+from sandbox.service.run_token import RunTokens
 from sandbox.service.security import LISTEN_PORT, host_allowlist
 from sandbox.service.store import SqliteRunStore
 from sandbox.storage import BlobStore
@@ -40,10 +42,15 @@ def build(settings: Settings, db_path: Path, listen_port: int) -> tuple:
     blobs = BlobStore(settings)
     store = SqliteRunStore(db_path)
     disk_gib = _env_int(os.environ, "AML_SANDBOX_RUN_DISK_GIB", MAX_RUN_BYTES // 1024**3)
-    runner = LocalRunner(engine, blobs, settings, max_run_bytes=disk_gib * 1024**3)
-    executor = Executor(store, runner, settings)
+    connection = RunConnection.from_env(os.environ, settings.home)
+    runner = LocalRunner(engine, blobs, settings, max_run_bytes=disk_gib * 1024**3, connection=connection)
+    executor = Executor(store, runner, settings, RunTokens(token))
     services = Services(store, executor, runner, blobs, token)
-    app = create_api(services, allowed_hosts=host_allowlist(settings, listen_port=listen_port))
+    # Runs name the service by its compose name on the run network (container_spec.SERVICE_URL).
+    allowed = host_allowlist(settings, listen_port=listen_port, names=(RUN_NETWORK_NAME,) if connection else ())
+    if connection:  # azureml-core in runs reaches the service as Azure ML's API host, through the stack's proxy
+        allowed |= {API_HOST}
+    app = create_api(services, allowed_hosts=allowed)
     add_pages(app, services)
     return app, executor
 

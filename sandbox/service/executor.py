@@ -2,12 +2,12 @@
 
 A compute target's ``max_nodes`` bounds how many of its runs execute at once; the others wait as
 ``Queued``. Each run has a thread owned by the executor (no module globals): Preparing -> Queued ->
-Running (the run folder followed, history written to the store as it comes) -> Finalizing (files to
-Azurite) -> Completed | Failed | Canceled. A failure anywhere is recorded on the run with its reason.
+Running (the run's own azureml-core reports to the run history routes with the run token issued here)
+-> Finalizing (the driver log to Azurite) -> Completed | Failed | Canceled. A failure anywhere is recorded
+on the run with its reason.
 
 Runs outlive this process: containers keep going when the service stops, and :meth:`Executor.recover`
-re-attaches to them at start (or finalises them from what they left, or marks them Failed with the
-reason when nothing is left).
+re-attaches to them at start (or marks them Failed with the reason when their container is gone).
 """
 
 from __future__ import annotations
@@ -17,17 +17,17 @@ import threading
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from sandbox.config import ComputeDefinition, Settings
+from sandbox.container_spec import RunCredentials
 from sandbox.errors import ImageNotFoundError
 from sandbox.fake_mount import DatasetMountValidationError
-from sandbox.local_runner import ErrorRecords, LocalRunner, StartedRun
+from sandbox.local_runner import LocalRunner, StartedRun
 from sandbox.run_definition import RunDefinition, RunStatus
 from sandbox.run_folder import RunFolder
-from sandbox.run_history import HistoryFollower
 from sandbox.run_outcome import RunOutcome
-from sandbox.service.store import RunRecord, SqliteRunStore
+from sandbox.service.run_token import RunTokens
+from sandbox.service.store import RunRecord, SqliteRunStore, experiment_id
 from sandbox.snapshot import remove_orphans
 
 log = logging.getLogger("aml_sandbox.executor")
@@ -66,10 +66,12 @@ class RunHandle:
 class Executor:
     """One per service. Owns the per-run threads and the compute queues."""
 
-    def __init__(self, store: SqliteRunStore, runner: LocalRunner, settings: Settings) -> None:
+    def __init__(self, store: SqliteRunStore, runner: LocalRunner, settings: Settings,
+                 run_tokens: RunTokens | None = None) -> None:
         self.store = store
         self.runner = runner
         self.settings = settings
+        self.run_tokens = run_tokens
         self.queues = {c.name: ComputeQueue(c) for c in settings.compute_targets}
         self._handles: dict[str, RunHandle] = {}
         self._lock = threading.Lock()
@@ -161,7 +163,6 @@ class Executor:
                 started = self._reattach(definition, resume)
                 if started is None:
                     return
-                follower = HistoryFollower(started.folder, resume.history_offset)
             else:
                 self.store.set_status(run_id, RunStatus.PREPARING)
                 build_log_path = self.snapshots / f"{definition.snapshot_id}.build.log"
@@ -178,19 +179,16 @@ class Executor:
                     raise _Canceled
                 self.store.set_status(run_id, RunStatus.RUNNING)
                 try:
-                    started = self.runner.start(definition, folder, queue.definition)
+                    started = self.runner.start(definition, folder, queue.definition, self._credentials(definition))
                 except DatasetMountValidationError as exc:
                     folder.note(f"UserError: {exc}")
                     self._finish(definition, RunOutcome(RunStatus.FAILED, None, {
                         "code": "UserError", "message": str(exc), "type": "DatasetMountValidationException"}),
                         folder)
                     return
-                follower = HistoryFollower(folder)
 
-            def on_history(records: list[dict[str, Any]]) -> None:
-                self._apply_history(run_id, records, follower)
-
-            outcome = self.runner.wait(started, cancel=handle.cancel, on_history=on_history, follower=follower)
+            outcome = self.runner.wait(started, cancel=handle.cancel,
+                                       reported_error=lambda: self.store.get_run(run_id).error)
             self._finish(definition, outcome, started.folder, started)
         except _Canceled:
             self._finish(definition, RunOutcome(RunStatus.CANCELED, None, {
@@ -209,10 +207,12 @@ class Executor:
             with self._lock:
                 self._handles.pop(run_id, None)
 
-    def _apply_history(self, run_id: str, records: list[dict[str, Any]], follower: HistoryFollower) -> None:
-        """Store what the run reported; a record the store refuses is named in the driver log, the rest kept."""
-        for rejected in self.store.apply_history(run_id, records, follower.offset):
-            follower.note(str(rejected))
+    def _credentials(self, definition: RunDefinition) -> RunCredentials | None:
+        """The run's token (its own tree only) and experiment id, for its azureml-core and MLflow."""
+        if self.run_tokens is None:
+            return None
+        return RunCredentials(token=self.run_tokens.issue(definition.run_id, definition.experiment),
+                              experiment_id=experiment_id(definition.experiment))
 
     def _finish(self, definition: RunDefinition, outcome: RunOutcome, folder: RunFolder,
                 started: StartedRun | None = None) -> None:
@@ -292,33 +292,15 @@ class Executor:
         container = self.runner.find_container(definition.run_id)
         compute = self.queues[definition.compute_target].definition if definition.compute_target in self.queues \
             else self.settings.compute_targets[0]
-        if container is None:
-            errors, exited = ErrorRecords(), None
-            for batch in HistoryFollower(folder, report=False).batches() if folder.root.exists() else ():
-                errors.extend(batch)
-                exited = next((r for r in reversed(batch) if r["kind"] == "exited"), exited)
-            if exited is not None:  # it ended while nobody watched: finalise from what it left
-                follower = HistoryFollower(folder, record.history_offset)
-                for batch in follower.batches():
-                    self._apply_history(definition.run_id, batch, follower)
-                outcome = self.runner.classify(definition, folder, compute, _exit_code(exited), False, None,
-                                               errors.kept())
-                self._finish(definition, outcome, folder)
-            else:
-                self._fail(definition, "The run's container was lost while the workspace service restarted; the "
-                           "run did not finish. Submit it again.", "SystemError")
+        if container is None:  # a stopped container stays until the service removes it: this one was removed
+            self._fail(definition, "The run's container was lost while the workspace service restarted; the "
+                       "run did not finish. Submit it again.", "SystemError")
             return None
         return StartedRun(definition, folder, container, compute)
 
 
 #: Statuses of a run whose container was started: after a restart it is re-attached, not queued again.
 _ON_A_NODE = frozenset({RunStatus.RUNNING, RunStatus.FINALIZING, RunStatus.CANCEL_REQUESTED})
-
-
-def _exit_code(record: dict[str, Any]) -> int:
-    """The exit code a run's ``exited`` record gives (written by the run: anything but an int counts as 1)."""
-    code = record.get("exit_code", 1)
-    return code if isinstance(code, int) and not isinstance(code, bool) and -(2**31) <= code < 2**31 else 1
 
 
 class _Canceled(Exception):

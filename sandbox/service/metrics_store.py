@@ -52,11 +52,15 @@ def insert_metrics(db: sqlite3.Connection, run_id: str, rows: list[MetricRow]) -
 
 
 def read_metrics(db: sqlite3.Connection, run_id: str, name: str | None = None) -> list[Metric]:
-    """The run's metrics in the order they were logged (only ``name``'s when given)."""
+    """The run's metrics in the order they were logged (only ``name``'s when given).
+
+    By the time each value was logged (azureml-core's ``createdUtc``, MLflow's ``timestamp``), then by arrival:
+    azureml-core sends its batches from a thread pool, so a later batch can arrive first."""
     if name is None:
-        rows = db.execute("SELECT * FROM metrics WHERE run_id = ? ORDER BY id", (run_id,)).fetchall()
+        rows = db.execute("SELECT * FROM metrics WHERE run_id = ? ORDER BY time, id", (run_id,)).fetchall()
     else:
-        rows = db.execute("SELECT * FROM metrics WHERE run_id = ? AND name = ? ORDER BY id", (run_id, name)).fetchall()
+        rows = db.execute("SELECT * FROM metrics WHERE run_id = ? AND name = ? ORDER BY time, id",
+                          (run_id, name)).fetchall()
     return [Metric(r["name"], r["type"], decode_value(json.loads(r["value"])), r["time"], r["step"], r["description"])
             for r in rows]
 

@@ -1,9 +1,9 @@
-"""What a run reports to its history (metrics, tags, properties): checked before it is stored, shown as Azure does.
+"""The metrics a run logs: checked before they are stored, shown as Azure does.
 
-A run is untrusted: every record from its ``history.jsonl`` goes through :func:`check_metric` (or
-:func:`check_mapping`), which returns the values to store or raises :class:`BadRecord` with the reason;
-the store skips a bad record and reports it (:class:`RejectedRecord`), so one bad ``run.log`` never
-reaches SQLite half-converted.
+A run is untrusted: every metric it posts (the metric and MLflow routes) goes through :func:`check_metric`,
+which returns the row to store or raises :class:`BadRecord` with the reason; the store skips a bad one
+and reports it (:class:`RejectedRecord`), so one bad ``run.log`` never reaches SQLite half-converted.
+(Tags and properties are checked by ``sandbox.run_definition.validate_tags``.)
 
 Metric values keep Python's ``nan``/``inf`` in memory (azureml-core's ``get_metrics()`` returns floats);
 they are stored as strict JSON (:func:`encode_value`) and shown as Azure's service sends them:
@@ -16,11 +16,8 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
-
-from sandbox.run_definition import validate_tags
 
 #: Metric kinds the runtime writes (``run.log``, ``log_list``, ``log_row``, ``log_table``, ``log_image`` and
 #: the structured ``log_confusion_matrix``-style kinds).
@@ -37,12 +34,12 @@ _NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 
 class BadRecord(ValueError):
-    """A history record that cannot be stored; the message says which field and why."""
+    """A metric that cannot be stored; the message says which field and why."""
 
 
 @dataclass(frozen=True)
 class RejectedRecord:
-    """One skipped record: its place in the batch, its kind and the reason, for the run's driver log."""
+    """One skipped record: its place in the batch, its kind and the reason, for the caller's answer."""
 
     position: int
     kind: str
@@ -142,60 +139,6 @@ def check_metric(record: dict[str, Any], now: float | None = None) -> MetricRow:
     description = record.get("description") or ""
     _text("description", description, MAX_DESCRIPTION, empty=True)
     return MetricRow(name, kind, value_json, step, float(logged), description)
-
-
-def check_mapping(kind: str, record: dict[str, Any]) -> dict[str, Any]:
-    """The ``values`` of a tags or properties record."""
-    try:
-        return dict(validate_tags(kind, record.get("values")))
-    except ValueError as exc:
-        raise BadRecord(str(exc)) from None
-
-
-def check_removed_tags(record: dict[str, Any]) -> list[str]:
-    values = record.get("values")
-    if not isinstance(values, list) or len(values) > 1000 or not all(isinstance(v, str) for v in values):
-        raise BadRecord(f"values={_show(values)} must be a list of at most 1000 tag names")
-    return values
-
-
-def check_history(records: Iterable[Any], tags: dict[str, Any], properties: dict[str, Any],
-                  now: float) -> tuple[list[MetricRow], dict[str, Any], dict[str, Any], list[RejectedRecord]]:
-    """A batch of history records checked: the metric rows, the run's new tags and properties, the rejected ones.
-
-    Kinds other than metric, tags, tags_removed and properties (file, error, exited) are the caller's and
-    pass untouched. Properties are immutable: a record giving a set one another value is rejected whole.
-    """
-    before = (tags, properties)
-    tags, properties = dict(tags), dict(properties)
-    rows, rejected = [], []
-    for position, record in enumerate(records):
-        kind = record.get("kind") if isinstance(record, dict) else type(record).__name__
-        try:
-            if not isinstance(record, dict):
-                raise BadRecord(f"a record must be a JSON object, not {type(record).__name__}")
-            if kind == "metric":
-                rows.append(check_metric(record, now))
-            elif kind == "tags":
-                tags.update(check_mapping("tags", record))
-            elif kind == "tags_removed":
-                for key in check_removed_tags(record):
-                    tags.pop(key, None)
-            elif kind == "properties":
-                values = check_mapping("properties", record)
-                clashes = sorted(k for k, v in values.items() if k in properties and properties[k] != v)
-                if clashes:
-                    raise BadRecord(f"Properties are immutable once set: {clashes}")
-                properties.update(values)
-        except BadRecord as exc:
-            rejected.append(RejectedRecord(position, str(kind)[:40], str(exc)))
-    try:
-        validate_tags("tags", tags)
-        validate_tags("properties", properties)
-    except ValueError as exc:  # too many in all: keep what the run had
-        rejected.append(RejectedRecord(-1, "tags/properties", str(exc)))
-        tags, properties = before
-    return rows, tags, properties, rejected
 
 
 # -- NaN and infinities ---------------------------------------------------------------------

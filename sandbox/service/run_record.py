@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,27 @@ class PropertyConflictError(ValueError):
         super().__init__(f"Properties are immutable once set: {keys}")
 
 
+class ChildRunLimitError(ValueError):
+    """A run tree already holds as many child runs as one root run may have."""
+
+    def __init__(self, root_run_id: str, limit: int) -> None:
+        self.root_run_id = root_run_id
+        self.limit = limit
+        super().__init__(f"run {root_run_id} already has {limit} child runs, the most one run (with all its "
+                         f"descendants) may have in the local workspace; log into fewer child runs")
+
+
+class RunEventLimitError(ValueError):
+    """A run has posted as many run events as one run may keep."""
+
+    def __init__(self, run_id: str, limit: int) -> None:
+        self.run_id = run_id
+        self.limit = limit
+        super().__init__(f"run {run_id} already has {limit} run events, the most one run may post in the local "
+                         "workspace; only the event that starts or ends a child run is still taken (post "
+                         "fewer Heartbeat, Warning and Error events)")
+
+
 @dataclass
 class RunRecord:
     run_id: str
@@ -49,16 +71,29 @@ class RunRecord:
     properties: dict[str, Any] = field(default_factory=dict)
     files: list[str] | None = None
     exit_code: int | None = None
-    history_offset: int = 0
     number: int = 0
     status_history: list[tuple[str, float]] = field(default_factory=list)
     parent_run_id: str | None = None
     root_run_id: str = ""
     name: str | None = None
-    children: list[RunRecord] = field(default_factory=list)
+    #: Loads the run's direct child runs when :attr:`children` is first read (the store sets it; a record
+    #: read for a route that does not list children never loads them).
+    children_loader: Callable[[], list[RunRecord]] | None = field(default=None, repr=False, compare=False)
+    _children: list[RunRecord] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.root_run_id = self.root_run_id or self.run_id
+
+    @property
+    def children(self) -> list[RunRecord]:
+        """The run's direct child runs, oldest first (at most the store's ``MAX_LISTED_CHILDREN``)."""
+        if self._children is None:
+            self._children = self.children_loader() if self.children_loader is not None else []
+        return self._children
+
+    @children.setter
+    def children(self, children: list[RunRecord]) -> None:
+        self._children = list(children)
 
     @property
     def experiment_id(self) -> str:

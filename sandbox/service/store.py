@@ -6,13 +6,19 @@ SQLite file on the stack's volume (survives ``down``/``up``, gone with ``down -v
 (``sandbox.service.routes``) answer azureml-core's own ``Run`` from it.
 
 Every write is one transaction (:meth:`SqliteRunStore._transaction`) that rolls back on any error, so a
-failed write never leaves the shared connection inside an open transaction. What a run reports is
-checked and converted (``sandbox.service.records``) before ``BEGIN``; a bad record is skipped and
-returned to the caller as a :class:`~sandbox.service.records.RejectedRecord`.
+failed write never leaves the shared connection inside an open transaction. The metrics a run logs are
+checked and converted (``sandbox.service.records``) before ``BEGIN``; a bad one is skipped and returned
+to the caller as a :class:`~sandbox.service.records.RejectedRecord`.
 
 Runs the executor submits have no parent; child runs (``run.child_run()`` inside a run) have one, share
 its root run id, and their status comes from the run events their azureml-core posts. The executor
-never picks up a child run (:meth:`SqliteRunStore.unfinished_runs`).
+never picks up a child run (:meth:`SqliteRunStore.unfinished_runs`). A root run has at most
+:data:`MAX_CHILD_RUNS` descendants (:class:`~sandbox.service.run_record.ChildRunLimitError` past that), and
+:meth:`SqliteRunStore.get_run` loads a run's children only when ``children`` is read, at most
+:data:`MAX_LISTED_CHILDREN` of them (:meth:`SqliteRunStore.get_children` pages through all). A run keeps
+at most :data:`MAX_RUN_EVENTS` run events (:class:`~sandbox.service.run_record.RunEventLimitError` past
+that, except the one event that starts a child run and the one that ends it), and an error of at most
+:data:`MAX_ERROR_MESSAGE` characters.
 """
 
 from __future__ import annotations
@@ -29,16 +35,18 @@ from typing import Any
 
 from sandbox.run_definition import RUN_ID, RunDefinition, RunStatus, validate_tags
 from sandbox.service.metrics_store import METRICS_SCHEMA, check_metrics, insert_metrics, metric_names, read_metrics
-from sandbox.service.records import Metric, RejectedRecord, check_history, metrics_summary
+from sandbox.service.records import Metric, RejectedRecord, metrics_summary
 from sandbox.service.run_record import (
+    ChildRunLimitError,
     PropertyConflictError,
+    RunEventLimitError,
     RunNotFoundError,
     RunRecord,
     experiment_id,
 )
 
-__all__ = ["Metric", "PropertyConflictError", "RunNotFoundError", "RunRecord", "RunStore", "SqliteRunStore",
-           "experiment_id", "metrics_summary"]
+__all__ = ["ChildRunLimitError", "Metric", "PropertyConflictError", "RunEventLimitError", "RunNotFoundError",
+           "RunRecord", "RunStore", "SqliteRunStore", "experiment_id", "metrics_summary"]
 
 class RunStore(ABC):
     """What the run history keeps and answers."""
@@ -54,11 +62,15 @@ class RunStore(ABC):
     @abstractmethod
     def get_run(self, run_id: str) -> RunRecord: ...
 
+    def run_status(self, run_id: str) -> RunStatus:
+        """The run's status alone (RunNotFoundError when there is no such run)."""
+        return self.get_run(run_id).status
+
     @abstractmethod
     def list_runs(self, experiment: str | None = None, *, include_children: bool = False) -> list[RunRecord]: ...
 
     @abstractmethod
-    def get_children(self, run_id: str) -> list[RunRecord]: ...
+    def get_children(self, run_id: str, *, limit: int | None = None, offset: int = 0) -> list[RunRecord]: ...
 
     @abstractmethod
     def list_experiments(self) -> list[tuple[str, int]]: ...
@@ -69,9 +81,6 @@ class RunStore(ABC):
 
     @abstractmethod
     def post_event(self, run_id: str, name: str, *, error: dict[str, Any] | None = None) -> RunRecord: ...
-
-    @abstractmethod
-    def apply_history(self, run_id: str, records: Iterable[Any], new_offset: int) -> list[RejectedRecord]: ...
 
     @abstractmethod
     def add_metrics(self, run_id: str, records: Iterable[Any]) -> list[RejectedRecord]: ...
@@ -110,8 +119,7 @@ CREATE TABLE IF NOT EXISTS runs (
     tags TEXT NOT NULL DEFAULT '{}',
     properties TEXT NOT NULL DEFAULT '{}',
     files TEXT,
-    exit_code INTEGER,
-    history_offset INTEGER NOT NULL DEFAULT 0
+    exit_code INTEGER
 );
 CREATE INDEX IF NOT EXISTS runs_by_experiment ON runs (experiment, created);
 CREATE TABLE IF NOT EXISTS status_events (
@@ -129,6 +137,7 @@ CREATE TABLE IF NOT EXISTS run_events (
 """ + METRICS_SCHEMA
 
 #: Columns added after the first release: ``ALTER TABLE runs ADD COLUMN`` on a database that lacks them.
+#: (Databases of older versions also have ``history_offset``, no longer used: it stays, with its default.)
 _ADDED_COLUMNS = {"parent_run_id": "TEXT", "root_run_id": "TEXT", "name": "TEXT"}
 
 _RUNNING_STATES = {RunStatus.RUNNING}
@@ -138,6 +147,21 @@ EVENT_STATUS = {"Start": RunStatus.RUNNING, "Completed": RunStatus.COMPLETED, "F
                 "Canceled": RunStatus.CANCELED, "CancelRequested": RunStatus.CANCEL_REQUESTED}
 RUN_EVENTS = frozenset({*EVENT_STATUS, "Error", "Warning", "Heartbeat"})
 MAX_NAME = 255
+#: Child runs (children, grandchildren, ...) one root run may have: a run cannot fill the store with them.
+MAX_CHILD_RUNS = 10_000
+#: Child runs a run record carries in ``children`` (its page and ``GET /api/runs/{id}``); the history
+#: route ``.../children`` pages through all of them.
+MAX_LISTED_CHILDREN = 1000
+#: Run events one run may post (azureml-core posts a handful per run: Start, Completed or Failed, Error).
+MAX_RUN_EVENTS = 1000
+#: A run's error: its code and message are kept up to these many characters.
+MAX_ERROR_CODE = 255
+MAX_ERROR_MESSAGE = 32 * 1024
+#: Each run event keeps its own copy of the error it carried, its message cut to this many characters.
+MAX_EVENT_MESSAGE = 1024
+#: Events that start a child run and end it: accepted past :data:`MAX_RUN_EVENTS` when they move the run on.
+_STARTS = {"Start"}
+_ENDS = {"Completed", "Failed", "Canceled"}
 
 
 class SqliteRunStore(RunStore):
@@ -161,6 +185,7 @@ class SqliteRunStore(RunStore):
                 db.execute("UPDATE runs SET root_run_id = run_id WHERE (root_run_id IS NULL OR root_run_id = '') "
                            "AND parent_run_id IS NULL")
                 db.execute("CREATE INDEX IF NOT EXISTS runs_by_parent ON runs (parent_run_id, created)")
+                db.execute("CREATE INDEX IF NOT EXISTS runs_by_root ON runs (root_run_id)")
                 db.execute("CREATE INDEX IF NOT EXISTS events_by_run ON run_events (run_id, time)")
 
     def close(self) -> None:
@@ -215,6 +240,10 @@ class SqliteRunStore(RunStore):
             parent = self.get_run(parent_run_id)
             if db.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone():
                 raise ValueError(f"run {run_id!r} exists already")
+            descendants = db.execute("SELECT COUNT(*) FROM runs WHERE root_run_id = ? AND run_id != ?",
+                                     (parent.root_run_id, parent.root_run_id)).fetchone()[0]
+            if descendants >= MAX_CHILD_RUNS:
+                raise ChildRunLimitError(parent.root_run_id, MAX_CHILD_RUNS)
             db.execute(
                 "INSERT INTO runs (run_id, experiment, status, target, number, created, definition, tags, properties,"
                 " parent_run_id, root_run_id, name) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -228,6 +257,8 @@ class SqliteRunStore(RunStore):
         return int(self._db.execute("SELECT COUNT(*) FROM runs WHERE experiment = ?", (experiment,)).fetchone()[0]) + 1
 
     def get_run(self, run_id: str) -> RunRecord:
+        """The run; its ``children`` (at most :data:`MAX_LISTED_CHILDREN`) are read from the store when first
+        used, so a route that does not list them never loads them."""
         with self._lock:
             row = self._db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
             if row is None:
@@ -235,14 +266,23 @@ class SqliteRunStore(RunStore):
             events = self._db.execute("SELECT status, time FROM status_events WHERE run_id = ? ORDER BY time",
                                       (run_id,)).fetchall()
             record = self._record(row, [(e["status"], e["time"]) for e in events])
-            record.children = self.get_children(run_id)
+        record.children_loader = lambda: self.get_children(run_id, limit=MAX_LISTED_CHILDREN)
         return record
 
-    def get_children(self, run_id: str) -> list[RunRecord]:
-        """The run's direct child runs, oldest first."""
+    def run_status(self, run_id: str) -> RunStatus:
         with self._lock:
-            rows = self._db.execute("SELECT * FROM runs WHERE parent_run_id = ? ORDER BY created, number",
-                                    (run_id,)).fetchall()
+            row = self._db.execute("SELECT status FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise RunNotFoundError(run_id)
+        return RunStatus(row["status"])
+
+    def get_children(self, run_id: str, *, limit: int | None = None, offset: int = 0) -> list[RunRecord]:
+        """The run's direct child runs, oldest first: ``limit`` of them (all when None) from ``offset`` on."""
+        if (limit is not None and limit < 0) or offset < 0:
+            raise ValueError(f"limit={limit} and offset={offset} must not be negative")
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM runs WHERE parent_run_id = ? ORDER BY created, number "
+                                    "LIMIT ? OFFSET ?", (run_id, -1 if limit is None else limit, offset)).fetchall()
         return [self._record(row, []) for row in rows]
 
     def list_runs(self, experiment: str | None = None, *, include_children: bool = False) -> list[RunRecord]:
@@ -300,21 +340,31 @@ class SqliteRunStore(RunStore):
             updates["ended"] = now
         assignments = ", ".join(f"{key} = ?" for key in updates)
         db.execute(f"UPDATE runs SET {assignments} WHERE run_id = ?", (*updates.values(), run_id))
-        db.execute("INSERT INTO status_events VALUES (?, ?, ?)", (run_id, status.value, now))
+        if status is not current.status:  # a repeated status adds no line to the run's status history
+            db.execute("INSERT INTO status_events VALUES (?, ?, ?)", (run_id, status.value, now))
 
     def post_event(self, run_id: str, name: str, *, error: dict[str, Any] | None = None) -> RunRecord:
         """Record a run event (``Start``, ``Completed``, ``Failed``, ``Canceled``, ``Error``, ...).
 
         A child run takes its status from the event; a run the executor submitted keeps the status the
-        executor gives it (its azureml-core's ``fail()`` posts ``Error`` only). ``Error`` keeps the error
-        on the run. ValueError for an event name that is not Azure's.
+        executor gives it (its azureml-core's ``fail()`` posts ``Error`` only). The first error posted stays
+        on the run. ValueError for an event name that is not Azure's or an error that is not
+        ``{"code": str, "message": str}`` within :data:`MAX_ERROR_CODE` and :data:`MAX_ERROR_MESSAGE`
+        characters; :class:`RunEventLimitError` once the run has :data:`MAX_RUN_EVENTS` events, unless the
+        event starts a child run that has not started or ends one that has not ended.
         """
         if name not in RUN_EVENTS:
             raise ValueError(f"run event {name!r:.80} is not one of Azure ML's: {sorted(RUN_EVENTS)}")
-        data = json.dumps(error, allow_nan=False) if error is not None else None
+        data = event_data = None
+        if error is not None:
+            data = json.dumps(_check_error(error))
+            event_data = json.dumps({**error, "message": error["message"][:MAX_EVENT_MESSAGE]})
         with self._transaction() as db:
             record = self.get_run(run_id)
-            db.execute("INSERT INTO run_events VALUES (?, ?, ?, ?)", (run_id, name, time.time(), data))
+            posted = db.execute("SELECT COUNT(*) FROM run_events WHERE run_id = ?", (run_id,)).fetchone()[0]
+            if posted >= MAX_RUN_EVENTS and not _moves_child_on(record, name):
+                raise RunEventLimitError(run_id, MAX_RUN_EVENTS)
+            db.execute("INSERT INTO run_events VALUES (?, ?, ?, ?)", (run_id, name, time.time(), event_data))
             if data is not None and record.error is None:
                 db.execute("UPDATE runs SET error = ? WHERE run_id = ?", (data, run_id))
             if record.parent_run_id is not None and name in EVENT_STATUS:
@@ -328,22 +378,7 @@ class SqliteRunStore(RunStore):
                                     (run_id,)).fetchall()
         return [(row["name"], row["time"]) for row in rows]
 
-    # -- history -----------------------------------------------------------------------------
-
-    def apply_history(self, run_id: str, records: Iterable[Any], new_offset: int) -> list[RejectedRecord]:
-        """Store what a run reported (metrics, tags, properties) and the new history offset, in one transaction.
-
-        Each record is checked and converted before ``BEGIN``; a bad one is skipped and returned, for the
-        caller to state in the run's driver log. Other kinds (file, error, exited) are the caller's.
-        """
-        records = list(records)
-        with self._transaction() as db:  # tags read and written in one transaction: a PATCH between is kept
-            run = self.get_run(run_id)
-            rows, tags, properties, rejected = check_history(records, run.tags, run.properties, time.time())
-            insert_metrics(db, run_id, rows)
-            db.execute("UPDATE runs SET tags = ?, properties = ?, history_offset = ? WHERE run_id = ?",
-                       (json.dumps(tags), json.dumps(properties), int(new_offset), run_id))
-        return rejected
+    # -- metrics, tags, properties, files ------------------------------------------------------
 
     def add_metrics(self, run_id: str, records: Iterable[Any]) -> list[RejectedRecord]:
         """Append metric records (``{"name", "type", "value", "step", "time"}``) in one transaction; a bad one
@@ -407,7 +442,28 @@ class SqliteRunStore(RunStore):
             error=json.loads(row["error"]) if row["error"] else None,
             tags=json.loads(row["tags"]), properties=json.loads(row["properties"]),
             files=json.loads(row["files"]) if row["files"] else None,
-            exit_code=row["exit_code"], history_offset=row["history_offset"], number=row["number"],
+            exit_code=row["exit_code"], number=row["number"],
             status_history=events, parent_run_id=row["parent_run_id"], root_run_id=row["root_run_id"] or "",
             name=row["name"],
         )
+
+
+def _check_error(error: Any) -> dict[str, str]:
+    """A run's error as the store keeps it: ``{"code", "message"}``, both strings within their bounds."""
+    if not isinstance(error, dict) or set(error) != {"code", "message"}:
+        raise ValueError(f"error={error!r:.120} must be an object with exactly 'code' and 'message'")
+    for field, limit in (("code", MAX_ERROR_CODE), ("message", MAX_ERROR_MESSAGE)):
+        value = error[field]
+        if not isinstance(value, str) or len(value) > limit:
+            raise ValueError(f"error {field}={value!r:.80} must be a string of at most {limit} characters; "
+                             "cut it before posting")
+    return {"code": error["code"], "message": error["message"]}
+
+
+def _moves_child_on(record: RunRecord, name: str) -> bool:
+    """The event starts a child run that has not started, or ends one that has not ended (each happens once)."""
+    if record.parent_run_id is None:
+        return False
+    if name in _STARTS:
+        return record.status is RunStatus.NOT_STARTED
+    return name in _ENDS and not record.status.is_terminal

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -55,10 +56,31 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             print(f"removed the leftover {item} of an earlier test session that did not finish", file=sys.stderr)
 
 
+_PORTS_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A loopback port free now, never given before in this session, and outside the kernel's ephemeral range.
+
+    Docker publishes `-p 0` ports and the kernel picks outgoing ports from the ephemeral range
+    (net.ipv4.ip_local_port_range, 32768-60999 by default), so a port probed there can be taken by another
+    container before compose binds it ("port is already allocated"). Ports below that range are only ever
+    taken on request.
+    """
+    low, _ = (int(part) for part in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.randrange(10000, max(10001, low))
+        if port in _PORTS_GIVEN:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _PORTS_GIVEN.add(port)
+        return port
+    raise RuntimeError("no free loopback port below the ephemeral range after 1000 tries")
 
 
 @dataclass

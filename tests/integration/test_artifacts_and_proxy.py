@@ -8,11 +8,13 @@ and azureml-core will.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,7 @@ from tests.integration.helpers import experiment_name, submit, tcp_listeners, wa
 
 pytestmark = pytest.mark.local_only
 
-QUICK_SCRIPT = 'print("done")\n'
+WAITING_SCRIPT = "import time\nfor _ in range(240):\n    time.sleep(1)\n"
 BLOB_HOST = "devstoreaccount1.blob.core.windows.net"
 
 #: Plays a run's azure-storage-blob: uploads with the SAS URL it is given, reads back, tries a read-only URL.
@@ -90,13 +92,19 @@ def _python(script: str, args: list[str], env: dict[str, str], cwd: Path) -> dic
     return json.loads(lines[-1][len("RESULT "):])
 
 
-def _ended_runs(env: SandboxEnv, folder: Path, count: int) -> tuple[str, list[Any]]:
+@contextlib.contextmanager
+def _running_runs(folder: Path, count: int) -> Iterator[tuple[str, list[Any]]]:
+    """``count`` runs that wait while a host process plays them (a run token writes only while its run runs)."""
     experiment = experiment_name("artifacts")
-    write_script(folder, "quick.py", QUICK_SCRIPT)
-    runs = [submit(folder, "quick.py", experiment=experiment) for _ in range(count)]
-    for run in runs:
-        assert wait_for_status(run, {"Completed", "Failed", "Canceled"}, timeout=600) == "Completed"
-    return experiment, runs
+    write_script(folder, "wait.py", WAITING_SCRIPT)
+    runs = [submit(folder, "wait.py", experiment=experiment) for _ in range(count)]
+    try:
+        for run in runs:
+            assert wait_for_status(run, {"Running", "Completed", "Failed", "Canceled"}, timeout=600) == "Running"
+        yield experiment, runs
+    finally:
+        for run in runs:
+            run.cancel()
 
 
 def _tokens(env: SandboxEnv, runs: list[Any]) -> list[str]:
@@ -113,7 +121,11 @@ def _artifacts(env: SandboxEnv, run_id: str) -> str:
 
 def test_a_blob_client_uploads_and_reads_a_run_file_through_the_proxy_with_the_routes_sas_url(
         workspace_env: SandboxEnv, tmp_path: Path) -> None:
-    _experiment, (run, other) = _ended_runs(workspace_env, tmp_path / "src", 2)
+    with _running_runs(tmp_path / "src", 2) as (_experiment, (run, other)):
+        _blob_client_checks(workspace_env, tmp_path, run, other)
+
+
+def _blob_client_checks(workspace_env: SandboxEnv, tmp_path: Path, run: Any, other: Any) -> None:
     token, other_token = _tokens(workspace_env, [run, other])
     base = _artifacts(workspace_env, run.id)
     bearer = {"Authorization": f"Bearer {token}"}
@@ -148,7 +160,7 @@ def test_a_blob_client_uploads_and_reads_a_run_file_through_the_proxy_with_the_r
     assert stored == "hello through the proxy"
     listing = httpx.get(f"{base}/ExperimentRun/dcid.{run.id}", headers=bearer, timeout=30).json()
     paths = [item["path"] for item in listing["value"]]
-    assert "outputs/proxy.txt" in paths and "azureml-logs/70_driver_log.txt" in paths
+    assert "outputs/proxy.txt" in paths
     assert listing["continuationToken"] is None
     assert httpx.get(f"{base}/ExperimentRun/dcid.{run.id}", headers={"Authorization": f"Bearer {other_token}"},
                      timeout=30).status_code == 403
@@ -164,7 +176,14 @@ def test_a_blob_client_uploads_and_reads_a_run_file_through_the_proxy_with_the_r
 def test_azureml_core_run_uploads_lists_and_downloads_its_files_through_the_proxy(
         workspace_env: SandboxEnv, tmp_path: Path) -> None:
     pytest.importorskip("azureml.core", reason="the host process plays the run with the real azureml-core")
-    experiment, (run,) = _ended_runs(workspace_env, tmp_path / "src", 1)
+    with _running_runs(tmp_path / "src", 1) as (experiment, (run,)):
+        out = _play_with_azureml_core(workspace_env, tmp_path, experiment, run)
+    assert out["module"].startswith("azureml.core")
+    assert {"outputs/up.txt", "tree/a.txt", "tree/sub/b.txt"} <= set(out["names"])
+    assert out["down"] == "from azureml-core"
+
+
+def _play_with_azureml_core(workspace_env: SandboxEnv, tmp_path: Path, experiment: str, run: Any) -> dict[str, Any]:
     (token,) = _tokens(workspace_env, [run])
     home = tmp_path / "home"
     home.mkdir()
@@ -175,23 +194,25 @@ def test_azureml_core_run_uploads_lists_and_downloads_its_files_through_the_prox
            "AZUREML_ARM_WORKSPACE_NAME": workspace_env.settings.workspace_name, "AZUREML_ARM_PROJECT_NAME": experiment,
            "AZUREML_EXPERIMENT_ID": experiment_id(experiment), "AZUREML_SERVICE_ENDPOINT": url,
            "AZUREML_DISCOVERY_SERVICE_ENDPOINT": url + "/discovery", "AZUREML_RUN_TOKEN": token}
-    out = _python(AZUREML_CLIENT, [], env, home)
-    assert out["module"].startswith("azureml.core")
-    assert {"outputs/up.txt", "tree/a.txt", "tree/sub/b.txt"} <= set(out["names"])
-    assert out["down"] == "from azureml-core"
+    return _python(AZUREML_CLIENT, [], env, home)
 
 
 def test_files_uploaded_through_the_routes_are_listed_by_the_api_once_the_run_has_ended(
         workspace_env: SandboxEnv, tmp_path: Path) -> None:
-    _experiment, (run,) = _ended_runs(workspace_env, tmp_path / "src", 1)
-    (token,) = _tokens(workspace_env, [run])
-    base = _artifacts(workspace_env, run.id)
-    answer = httpx.post(f"{base}/batch/metadata/ExperimentRun/dcid.{run.id}", json={"paths": [{"path": "late.txt"}]},
-                        headers={"Authorization": f"Bearer {token}"}, timeout=30).json()
-    home = tmp_path / "home"
-    home.mkdir()
-    _python(BLOB_CLIENT, ["upload", answer["artifactContentInformation"]["late.txt"]["contentUri"]],
-            _proxy_env(workspace_env, home), home)
+    with _running_runs(tmp_path / "src", 1) as (_experiment, (run,)):
+        (token,) = _tokens(workspace_env, [run])
+        base = _artifacts(workspace_env, run.id)
+        batch = f"{base}/batch/metadata/ExperimentRun/dcid.{run.id}"
+        bearer = {"Authorization": f"Bearer {token}"}
+        answer = httpx.post(batch, json={"paths": [{"path": "late.txt"}]}, headers=bearer, timeout=30).json()
+        home = tmp_path / "home"
+        home.mkdir()
+        _python(BLOB_CLIENT, ["upload", answer["artifactContentInformation"]["late.txt"]["contentUri"]],
+                _proxy_env(workspace_env, home), home)
+    assert wait_for_status(run, {"Canceled", "Completed", "Failed"}, timeout=120) == "Canceled"
+    # Once the run has ended its token writes no more.
+    refused = httpx.post(batch, json={"paths": [{"path": "later.txt"}]}, headers=bearer, timeout=30)
+    assert refused.status_code == 403 and "no longer writes" in refused.text, refused.text
     files = httpx.get(f"http://127.0.0.1:{workspace_env.settings.service_port}/api/runs/{run.id}/files",
                       timeout=30).json()["files"]
     assert "late.txt" in files and "azureml-logs/70_driver_log.txt" in files

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import datetime
+import hashlib
 import json
 import socket
+import stat
 import subprocess
 import uuid
+from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
-from azure.storage.blob import BlobServiceClient
+from azure.core.exceptions import HttpResponseError
+from azure.storage.blob import BlobServiceClient, ContainerClient, ContainerSasPermissions, generate_container_sas
 
+from sandbox.config import AZURITE_ACCOUNT_KEY, AZURITE_ACCOUNT_NAME, account_key_path
 from tests.integration.conftest import CLI, SandboxEnv, require_docker
 from tests.integration.helpers import tcp_listeners
 
@@ -120,3 +127,48 @@ def test_second_images_build_builds_nothing(sandbox_env: SandboxEnv) -> None:
 def _image_lines(stdout: str) -> list[str]:
     tail = stdout.split("images ready")[1]
     return [line.strip() for line in tail.splitlines()[1:] if line.strip()]
+
+
+def _refused(call: Callable[[], object]) -> int:
+    """The HTTP status Azurite answers a call it refuses (the call must fail)."""
+    with pytest.raises(HttpResponseError) as refused:
+        call()
+    return refused.value.status_code
+
+
+def test_up_gives_azurite_a_key_of_its_own_and_the_published_key_is_refused(sandbox_env: SandboxEnv) -> None:
+    """A run handed a SAS cannot sign its own for other blobs with Azurite's well-known key."""
+    up = sandbox_env.cli("up")
+    key_file = account_key_path(sandbox_env.settings.home)
+    own = key_file.read_text().strip()
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert own != AZURITE_ACCOUNT_KEY
+    assert own not in up.stdout + up.stderr
+    assert sandbox_env.settings.account_key == own  # settings made before `up` use the key `up` made
+
+    payload = uuid.uuid4().bytes * 100
+    _roundtrip(sandbox_env, "own-key", payload)  # the stack's key is accepted
+
+    published = replace(sandbox_env.settings, account_key_override=AZURITE_ACCOUNT_KEY)
+    client = BlobServiceClient.from_connection_string(published.connection_string, retry_total=0)
+    assert _refused(lambda: client.create_container("published-key")) == 403
+    assert _refused(lambda: client.get_blob_client("own-key", "probe/hello.bin").download_blob()) == 403
+    sas = generate_container_sas(AZURITE_ACCOUNT_NAME, "own-key", account_key=AZURITE_ACCOUNT_KEY,
+                                 permission=ContainerSasPermissions(read=True, list=True),
+                                 expiry=datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1))
+    forged = ContainerClient(sandbox_env.settings.blob_endpoint, "own-key", credential=sas, retry_total=0)
+    assert _refused(lambda: forged.download_blob("probe/hello.bin").readall()) == 403
+
+    # The workspace service (key from compose, not the file) reaches Azurite with the same key.
+    probe = ("import hashlib; from azure.storage.blob import BlobServiceClient; from sandbox.config import Settings; "
+             "s = Settings.from_env(); "
+             "BlobServiceClient.from_connection_string(s.connection_string, retry_total=0).get_container_client("
+             "'own-key').get_blob_client('probe/hello.bin').get_blob_properties(); "
+             "print(hashlib.sha256(s.account_key.encode()).hexdigest())")
+    seen = sandbox_env.compose("exec", "-T", "workspace", "python", "-c", probe, check=False)
+    assert seen.returncode == 0, seen.stderr[-2000:]
+    assert seen.stdout.strip() == hashlib.sha256(own.encode()).hexdigest()
+
+    sandbox_env.cli("up")
+    assert key_file.read_text().strip() == own, "a second `up` keeps the stack's key"
+    assert _read(sandbox_env, "own-key") == payload

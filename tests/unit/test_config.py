@@ -1,11 +1,19 @@
 from __future__ import annotations
 
+import base64
 import json
+import stat
 from pathlib import Path
 
 import pytest
 
-from sandbox.config import AZURITE_ACCOUNT_KEY, Settings
+from sandbox.config import (
+    AZURITE_ACCOUNT_KEY,
+    AZURITE_ACCOUNT_NAME,
+    Settings,
+    account_key_path,
+    ensure_account_key,
+)
 from sandbox.errors import ConfigurationError
 
 
@@ -65,3 +73,85 @@ def test_workspace_id_is_stable_and_depends_on_the_workspace(tmp_path: Path) -> 
     b = Settings.from_env({"AML_SANDBOX_HOME": str(tmp_path)})
     c = Settings.from_env({"AML_SANDBOX_HOME": str(tmp_path), "AML_SANDBOX_WORKSPACE_NAME": "other"})
     assert a.workspace_id == b.workspace_id != c.workspace_id
+
+
+# -- the stack's own account key ------------------------------------------------------------------------
+
+OWN_KEY = base64.b64encode(b"k" * 64).decode()
+
+
+def test_the_account_key_is_the_variable_then_the_stack_file_then_the_well_known_one(tmp_path: Path) -> None:
+    home = {"AML_SANDBOX_HOME": str(tmp_path)}
+    assert Settings.from_env(home).account_key == AZURITE_ACCOUNT_KEY  # plain `docker compose up`
+    made = ensure_account_key(tmp_path)
+    assert made != AZURITE_ACCOUNT_KEY and len(base64.b64decode(made, validate=True)) == 64
+    assert Settings.from_env(home).account_key == made
+    assert f"AccountKey={made};" in Settings.from_env(home).connection_string
+    assert Settings.from_env({**home, "AML_SANDBOX_ACCOUNT_KEY": OWN_KEY}).account_key == OWN_KEY
+
+
+def test_settings_made_before_up_see_the_key_up_makes(tmp_path: Path) -> None:
+    settings = Settings.from_env({"AML_SANDBOX_HOME": str(tmp_path)})
+    made = ensure_account_key(tmp_path)
+    assert settings.account_key == made
+    assert settings.compose_environment()["AML_SANDBOX_ACCOUNT_KEY"] == made
+
+
+def test_compose_gets_the_key_that_azurite_and_the_service_read(tmp_path: Path) -> None:
+    settings = Settings.from_env({"AML_SANDBOX_HOME": str(tmp_path), "AML_SANDBOX_ACCOUNT_KEY": OWN_KEY})
+    assert settings.compose_environment()["AML_SANDBOX_ACCOUNT_KEY"] == OWN_KEY
+    compose = (Path(__file__).parents[2] / "docker-compose.yml").read_text()
+    fallback = f"${{AML_SANDBOX_ACCOUNT_KEY:-{AZURITE_ACCOUNT_KEY}}}"
+    assert f"AZURITE_ACCOUNTS: {AZURITE_ACCOUNT_NAME}:{fallback}" in compose
+    assert f"AML_SANDBOX_ACCOUNT_KEY: {fallback}" in compose
+
+
+def test_the_key_file_is_made_once_user_only_and_kept(tmp_path: Path) -> None:
+    first = ensure_account_key(tmp_path)
+    path = account_key_path(tmp_path)
+    assert path == tmp_path / "azurite" / "account.key"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert ensure_account_key(tmp_path) == first
+    assert Settings.from_env({"AML_SANDBOX_HOME": str(tmp_path)}).account_key == first
+    assert not [p.name for p in path.parent.iterdir() if p != path], "no temporary file is left behind"
+
+
+def test_two_stacks_get_different_keys(tmp_path: Path) -> None:
+    assert ensure_account_key(tmp_path / "a") != ensure_account_key(tmp_path / "b")
+
+
+def test_the_key_never_shows_in_repr_or_the_masked_connection_string(tmp_path: Path) -> None:
+    made = ensure_account_key(tmp_path)
+    settings = Settings.from_env({"AML_SANDBOX_HOME": str(tmp_path)})
+    assert made not in repr(settings) and made not in str(settings)
+    assert made not in settings.masked_connection_string
+    from_env = Settings.from_env({"AML_SANDBOX_HOME": str(tmp_path), "AML_SANDBOX_ACCOUNT_KEY": OWN_KEY})
+    assert OWN_KEY not in repr(from_env) and OWN_KEY not in from_env.masked_connection_string
+
+
+@pytest.mark.parametrize("value", ["not base64!", "a2V5", "a:b", base64.b64encode(b"x" * 64).decode() + ";x"])
+def test_a_bad_key_variable_names_the_variable_and_never_echoes_the_value(tmp_path: Path, value: str) -> None:
+    # Azurite falls back to the published key when AZURITE_ACCOUNTS does not parse: a bad key must stop here.
+    with pytest.raises(ConfigurationError, match="AML_SANDBOX_ACCOUNT_KEY") as caught:
+        Settings.from_env({"AML_SANDBOX_HOME": str(tmp_path), "AML_SANDBOX_ACCOUNT_KEY": value})
+    assert value not in str(caught.value)
+
+
+def test_a_damaged_key_file_says_how_to_fix(tmp_path: Path) -> None:
+    path = account_key_path(tmp_path)
+    path.parent.mkdir()
+    path.write_text("short\n")
+    with pytest.raises(ConfigurationError, match=r"account\.key.*delete it and run 'aml-sandbox up'"):
+        _ = Settings.from_env({"AML_SANDBOX_HOME": str(tmp_path)}).account_key
+    with pytest.raises(ConfigurationError, match="delete it"):
+        ensure_account_key(tmp_path)
+
+
+def test_a_link_in_place_of_the_key_file_is_refused(tmp_path: Path) -> None:
+    path = account_key_path(tmp_path)
+    path.parent.mkdir()
+    target = tmp_path / "elsewhere"
+    target.write_text(OWN_KEY)
+    path.symlink_to(target)
+    with pytest.raises(ConfigurationError, match="link"):
+        _ = Settings.from_env({"AML_SANDBOX_HOME": str(tmp_path)}).account_key

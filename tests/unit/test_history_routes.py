@@ -70,14 +70,39 @@ class Service:
                 "AZUREML_RUN_TOKEN": token}
 
 
-class _NoStoredFiles:
-    """Azurite's container of run files before any run stored one: get_details() lists the run's log prefixes."""
+class _StoredFiles:
+    """Azurite's container of run files, listed as azure-storage-blob lists it: one page, no continuation.
+    No run has stored a file until a test adds blob names to :attr:`names`."""
 
     def __init__(self, home: Path) -> None:
         self.settings = Settings(home=home)  # the account the artifact routes sign for
+        self.names: list[str] = []
 
     def container(self, name: str) -> Any:
-        return SimpleNamespace(list_blobs=lambda **_: SimpleNamespace(by_page=lambda **_: iter(())))
+        assert name == "azureml", name
+        return SimpleNamespace(list_blobs=self._list)
+
+    def _list(self, *, name_starts_with: str, results_per_page: int) -> Any:
+        page = [SimpleNamespace(name=n, etag="0x1", creation_time=None)
+                for n in sorted(self.names) if n.startswith(name_starts_with)][:results_per_page]
+        return _Pages([page] if page else [])
+
+
+class _Pages:
+    """``ItemPaged.by_page()``: an iterator of pages with the token of the next one."""
+
+    def __init__(self, pages: list[list[Any]]) -> None:
+        self._pages = iter(pages)
+        self.continuation_token: str | None = None
+
+    def by_page(self, *, continuation_token: str | None = None) -> _Pages:
+        return self
+
+    def __iter__(self) -> _Pages:
+        return self
+
+    def __next__(self) -> list[Any]:
+        return next(self._pages)
 
 
 @pytest.fixture
@@ -90,7 +115,7 @@ def service(tmp_path: Path) -> Iterator[Service]:
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     executor = SimpleNamespace(settings=SimpleNamespace(home=tmp_path, service_port=port))
-    services = Services(store, executor, runner=None, blobs=_NoStoredFiles(tmp_path),  # type: ignore[arg-type]
+    services = Services(store, executor, runner=None, blobs=_StoredFiles(tmp_path),  # type: ignore[arg-type]
                         token="stack-token-" + "x" * 32)
     app = create_api(services, allowed_hosts={f"127.0.0.1:{port}"})
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
@@ -258,3 +283,34 @@ def test_a_metric_batch_with_a_bad_value_stores_the_good_ones_and_names_the_bad(
     errors = {e["metric"]["name"]: e["errorResponse"]["error"]["message"] for e in response.json()["errors"]}
     assert set(errors) == {"big", "cm"} and "64 bits" in errors["big"] and "confusion_matrix" in errors["cm"]
     assert [(m.name, m.value, m.step) for m in service.store.get_metrics(RUN)] == [("ok", 1, 7)]
+
+
+LOG_SCRIPT = r'''
+import json
+from azureml.core import Run
+
+print("RESULT " + json.dumps(Run.get_context().get_details()["logFiles"]))
+'''
+
+
+def test_get_details_lists_the_runs_log_files_with_read_urls(service: Service) -> None:
+    blobs = service.services.blobs
+    mine = f"ExperimentRun/dcid.{RUN}/"
+    blobs.names.extend([mine + "azureml-logs/70_driver_log.txt", mine + "logs/azureml/executionlogs.txt",
+                        mine + "user_logs/std_log.txt", mine + "outputs/model.pkl", mine + "logsbook.txt",
+                        f"ExperimentRun/dcid.{OTHER}/azureml-logs/70_driver_log.txt"])
+
+    log_files = _result(_run_client(service, LOG_SCRIPT, RUN, service.token(RUN)))
+
+    # azureml-logs/ and logs/ from the details route; user_logs/ is azureml-core's own prefix lookup
+    assert set(log_files) == {"azureml-logs/70_driver_log.txt", "logs/azureml/executionlogs.txt",
+                              "user_logs/std_log.txt"}
+    account = blobs.settings.account_name
+    for name, url in log_files.items():
+        base, _, sas = url.partition("?")
+        assert base == f"https://{account}.blob.core.windows.net/azureml/{mine}{name}"
+        assert "sp=r&" in sas and "sig=" in sas  # read only
+    by_id = requests.get(f"{service.url}/history/v1.0{WS}/experimentids/{experiment_id(EXPERIMENT)}/runs/{RUN}/details",
+                         headers={"Authorization": "Bearer " + service.token(RUN)}, timeout=10)
+    assert by_id.status_code == 200 and set(by_id.json()["logFiles"]) == {"azureml-logs/70_driver_log.txt",
+                                                                          "logs/azureml/executionlogs.txt"}

@@ -61,7 +61,8 @@ def test_curated_environment_installs_its_documented_offline_mapping() -> None:
     from sandbox.images import environment_recipe, pip_requirements
 
     definition = curated.catalog()["AzureML-PyTorch-1.6-CPU"].definition
-    assert pip_requirements(definition) == ("torch==2.14.1", "torchvision==0.29.1", "azureml-core==1.61.0.post4")
+    assert pip_requirements(definition) == ("torch==2.14.1", "torchvision==0.29.1", "azureml-core==1.61.0.post4",
+                                            "mlflow-skinny==3.17.2")
     recipe = environment_recipe(definition)
     assert recipe.venv.startswith("/azureml-envs/azureml_") and recipe.constraints is not None
     renamed = {**definition, "name": "my-copy", "version": "9"}

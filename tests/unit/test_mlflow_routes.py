@@ -153,6 +153,14 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         store.close()
 
 
+def _running_run(service: Service, prefix: str) -> str:
+    """A new Running run of the service's store, for a test of its own."""
+    run_id = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    service.store.create_run(_definition(service.settings, run_id, "mlflow-exp"))
+    service.store.set_status(run_id, RunStatus.RUNNING)
+    return run_id
+
+
 def _metrics(service: Service, name: str, run_id: str = RUN_ID) -> list[tuple[Any, int | None]]:
     return [(m.value, m.step) for m in service.store.get_metrics(run_id) if m.name == name]
 
@@ -195,9 +203,7 @@ def test_log_metric_params_tags_and_batch_land_in_the_azure_runs_metrics_and_tag
 def test_autolog_with_scikit_learn_sends_its_training_metrics_params_and_model_files(service: Service) -> None:
     pytest.importorskip("sklearn", reason="scikit-learn is a dev dependency")
     pytest.importorskip("pandas", reason="mlflow's sklearn autolog needs pandas")
-    run_id = f"autolog_{uuid.uuid4().hex[:8]}"
-    service.store.create_run(_definition(service.settings, run_id, "mlflow-exp"))
-    service.store.set_status(run_id, RunStatus.RUNNING)
+    run_id = _running_run(service, "autolog")
     result = service.mlflow("""
         from sklearn.linear_model import LogisticRegression
         mlflow.autolog()
@@ -215,6 +221,27 @@ def test_autolog_with_scikit_learn_sends_its_training_metrics_params_and_model_f
     assert {"model/MLmodel", "model/model.pkl", "estimator.html"} <= set(files), files
     mlmodel = service.blobs.blob("azureml", f"ExperimentRun/dcid.{run_id}/model/MLmodel").decode()
     assert "sklearn" in mlmodel and "unexpected error" not in result.stderr.lower()
+
+
+def test_autolog_inside_the_run_the_script_already_logs_to_sends_its_metrics_there(service: Service) -> None:
+    # The usual order in a script: a first log_metric takes up MLFLOW_RUN_ID's run, then autolog logs into it.
+    pytest.importorskip("sklearn", reason="scikit-learn is a dev dependency")
+    pytest.importorskip("pandas", reason="mlflow's sklearn autolog needs pandas")
+    run_id = _running_run(service, "autolog")
+    result = service.mlflow("""
+        from sklearn.linear_model import LogisticRegression
+        mlflow.log_metric("loss", 0.5)
+        mlflow.autolog()
+        LogisticRegression().fit([[0.0], [1.0], [2.0], [3.0]], [0, 0, 1, 1])
+        print("SAME", mlflow.active_run().info.run_id)
+        history = mlflow.MlflowClient().get_metric_history(mlflow.active_run().info.run_id, "loss")
+        print("HISTORY", [(m.value, m.step) for m in history])
+    """, run_id=run_id)
+    names = {m.name for m in service.store.get_metrics(run_id)}
+    assert {"loss", "training_accuracy_score"} <= names, result.stderr[-3000:]
+    # MLflow 3 logs the run's metrics again (with the model's id) when autolog logs the model: stored once.
+    assert f"SAME {run_id}" in result.stdout and "HISTORY [(0.5, 0)]" in result.stdout
+    assert "unexpected error" not in result.stderr.lower(), result.stderr[-3000:]
 
 
 def test_log_artifact_stores_the_file_with_the_runs_files(service: Service) -> None:

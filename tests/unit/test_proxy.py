@@ -79,9 +79,9 @@ def ca(tmp_path_factory: pytest.TempPathFactory) -> StackCA:
 
 
 @contextlib.contextmanager
-def running(config: ProxyConfig, ca: StackCA) -> Iterator[ProxyServer]:
+def running(config: ProxyConfig, ca: StackCA, **options: Any) -> Iterator[ProxyServer]:
     loop = asyncio.new_event_loop()
-    server = ProxyServer(config, ca)
+    server = ProxyServer(config, ca, **options)
     loop.run_until_complete(server.start())
     thread = threading.Thread(target=loop.run_forever, name="proxy", daemon=True)
     thread.start()
@@ -237,6 +237,24 @@ def test_a_blob_host_is_served_by_the_local_storage_with_the_account_moved_into_
     assert [s["method"] for s in azurite.seen] == ["PUT", "HEAD", "GET"]
 
 
+def test_an_azure_ml_api_host_is_served_by_the_workspace_service_with_its_host_and_path_as_sent(
+        ca: StackCA, azurite: FakeAzurite) -> None:
+    # The fake server plays the workspace service here: requests reach it in plain HTTP, path and Host unchanged.
+    with running(config(ca, service_upstream=azurite.url), ca) as proxy, session(proxy, ca) as http:
+        url = "https://eastus.api.azureml.ms/history/v1.0/subscriptions/s/runs/r1?x=1"
+        assert http.put(url, data=b'{"tags": {}}', timeout=10).status_code == 201
+    first = azurite.seen[0]
+    assert first["method"] == "PUT" and first["path"] == "/history/v1.0/subscriptions/s/runs/r1?x=1"
+    assert first["body"] == b'{"tags": {}}'
+    assert first["headers"]["Host"] == "eastus.api.azureml.ms"
+
+
+def test_an_api_host_while_the_service_is_down_answers_502_naming_it(ca: StackCA) -> None:
+    with running(config(ca, service_upstream="http://127.0.0.1:9"), ca) as proxy, session(proxy, ca) as http:
+        answer = http.get("https://westeurope.api.azureml.ms/discovery", timeout=20)
+    assert answer.status_code == 502 and "workspace service at http://127.0.0.1:9 does not answer" in answer.text
+
+
 def test_a_chunked_upload_and_a_large_body_are_streamed_through(ca: StackCA, azurite: FakeAzurite) -> None:
     big = bytes(range(256)) * (3 * 1024 * 1024 // 256 + 7)  # ~3 MiB, not a multiple of the copy size
     with running(config(ca, azurite.url), ca) as proxy, session(proxy, ca) as http:
@@ -264,12 +282,113 @@ def test_a_blob_request_while_the_storage_is_down_answers_502_naming_it(ca: Stac
 # -- other hosts ------------------------------------------------------------------------------------
 
 
-def test_other_hosts_are_tunnelled_unchanged(ca: StackCA, echo: int) -> None:
-    with running(config(ca), ca) as proxy:
+class FakeNetwork:
+    """A resolver answering from a table and a dialler that records each address and reaches the local echo
+    server instead: no packet leaves the machine."""
+
+    def __init__(self, echo_port: int, names: dict[str, list[str]] | None = None) -> None:
+        self.echo_port = echo_port
+        self.names = names or {}
+        self.resolved: list[tuple[str, int]] = []
+        self.dialled: list[tuple[str, int]] = []
+
+    async def resolve(self, host: str, port: int) -> list[str]:
+        self.resolved.append((host, port))
+        if host not in self.names:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return self.names[host]
+
+    async def dial(self, address: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        self.dialled.append((address, port))
+        return await asyncio.open_connection("127.0.0.1", self.echo_port)
+
+    def options(self) -> dict[str, Any]:
+        return {"resolve": self.resolve, "dial": self.dial}
+
+
+#: A public address (Azure's): the fake dialler never sends it a packet.
+PUBLIC = "20.150.1.2"
+
+
+def test_a_public_host_is_tunnelled_unchanged_to_the_address_the_proxy_checked(ca: StackCA, echo: int) -> None:
+    network = FakeNetwork(echo, {"files.example.com": [PUBLIC, "2603:1030::7"]})
+    with running(config(ca), ca, **network.options()) as proxy:
         expected = b"HTTP/1.1 200 Connection Established\r\n\r\n\x16\x03\x01 any bytes at all"
-        answer = raw_request(proxy.port, f"CONNECT 127.0.0.1:{echo} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+        answer = raw_request(proxy.port, b"CONNECT files.example.com:443 HTTP/1.1\r\nHost: x\r\n\r\n"
                              + b"\x16\x03\x01 any bytes at all", read=len(expected))
     assert answer == expected
+    assert network.resolved == [("files.example.com", 443)], "resolved once: the name is never looked up again"
+    assert network.dialled == [(PUBLIC, 443)], "dialled by the checked address, not by the name"
+
+
+def test_a_public_ip_address_is_dialled_as_it_is_without_resolving(ca: StackCA, echo: int) -> None:
+    network = FakeNetwork(echo)
+    with running(config(ca), ca, **network.options()) as proxy:
+        answer = raw_request(proxy.port, b"CONNECT [2603:1030::7]:443 HTTP/1.1\r\n\r\n", read=12)
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert (network.resolved, network.dialled) == ([], [("2603:1030::7", 443)])
+
+
+@pytest.mark.parametrize(("target", "names", "why"), [
+    # single-label names: the stack's own compose services and the machine itself, never resolved
+    ("azurite:10000", {}, "single-label name"),
+    ("workspace:8790", {}, "single-label name"),
+    ("proxy:8791", {}, "single-label name"),
+    ("localhost:22", {}, "single-label name"),
+    ("api.localhost:443", {}, "the machine itself"),
+    # IP addresses that are not public
+    ("127.0.0.1:8790", {}, "loopback"),
+    ("10.1.2.3:443", {}, "private network"),
+    ("172.17.0.1:2375", {}, "private network"),
+    ("192.168.1.1:80", {}, "private network"),
+    ("169.254.169.254:80", {}, "link-local"),
+    ("168.63.129.16:80", {}, "wire server"),
+    ("100.64.0.1:443", {}, "not a public internet address"),
+    ("0.0.0.0:8790", {}, "unspecified address"),
+    ("[::]:8790", {}, "unspecified address"),
+    ("224.0.0.1:443", {}, "multicast"),
+    ("[::1]:8790", {}, "loopback"),
+    ("[fd00::1]:443", {}, "private network"),
+    ("[fe80::1]:443", {}, "link-local"),
+    ("[::ffff:127.0.0.1]:8790", {}, "carries the IPv4 address 127.0.0.1"),
+    ("[::ffff:a9fe:a9fe]:80", {}, "carries the IPv4 address 169.254.169.254"),
+    ("[64:ff9b::a00:5]:443", {}, "carries the IPv4 address 10.0.0.5"),
+    ("[2002:a00:5::1]:443", {}, "carries the IPv4 address 10.0.0.5"),
+    # names whose answers include an address that is not public (one is enough)
+    ("metadata.example.com:80", {"metadata.example.com": ["169.254.169.254"]}, "resolves to 169.254.169.254"),
+    ("mixed.example.com:443", {"mixed.example.com": [PUBLIC, "172.18.0.3"]}, "resolves to 172.18.0.3"),
+    ("v6.example.com:443", {"v6.example.com": ["fd12:3456::1"]}, "resolves to fd12:3456::1"),
+    ("mapped.example.com:443", {"mapped.example.com": ["::ffff:10.0.0.5"]}, "resolves to ::ffff:10.0.0.5"),
+])
+def test_a_tunnel_to_anything_but_a_public_address_is_refused_naming_the_host_and_why(
+        ca: StackCA, echo: int, target: str, names: dict[str, list[str]], why: str) -> None:
+    network = FakeNetwork(echo, names)
+    with running(config(ca), ca, **network.options()) as proxy:
+        answer = raw_request(proxy.port, f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+    assert answer.startswith(b"HTTP/1.1 403 "), answer[:200]
+    text = answer.decode()
+    assert target in text and why in text, text
+    assert network.dialled == []
+    if not names:
+        assert network.resolved == [], "a name refused by its form, or an address, is never resolved"
+
+
+def test_a_public_looking_name_resolving_to_a_private_address_is_refused(ca: StackCA, echo: int) -> None:
+    network = FakeNetwork(echo, {"storage.example.com": ["10.0.0.5"]})
+    with running(config(ca), ca, **network.options()) as proxy:
+        answer = raw_request(proxy.port, b"CONNECT storage.example.com:443 HTTP/1.1\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 403 ")
+    assert b"storage.example.com:443 is refused: 'storage.example.com' resolves to 10.0.0.5" in answer
+    assert b"private network" in answer
+    assert network.dialled == []
+
+
+def test_a_name_that_does_not_resolve_answers_502_naming_it(ca: StackCA, echo: int) -> None:
+    network = FakeNetwork(echo)
+    with running(config(ca), ca, **network.options()) as proxy:
+        answer = raw_request(proxy.port, b"CONNECT nowhere.example.com:443 HTTP/1.1\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 502 ")
+    assert b"could not resolve nowhere.example.com" in answer
 
 
 def test_offline_refuses_other_hosts_and_still_serves_blob_hosts(ca: StackCA, echo: int,

@@ -1,8 +1,11 @@
-"""The run folder read as hostile input: no link followed, no FIFO opened, bounded history reads (no Docker)."""
+"""The run folder read as hostile input (no Docker): no link followed, no FIFO opened, bounded scans.
+
+The service reads only the run's logs folder (``control/azureml-logs``: the driver log, the image build log);
+``outputs/`` and ``logs/`` are uploaded by the run's own azureml-core. It still measures the whole folder for
+the disk limits, and classifies the exit with the error the run posted to run history."""
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import threading
@@ -17,8 +20,7 @@ from sandbox.container_spec import NOFILE_LIMIT, NPROC_LIMIT, PIDS_LIMIT, run_co
 from sandbox.fake_mount import MountSpec
 from sandbox.local_runner import LocalRunner
 from sandbox.run_definition import RunDefinition, RunStatus
-from sandbox.run_folder import DRIVER_LOG, RunFolder
-from sandbox.run_history import MAX_LINE, MAX_READ, HistoryFollower
+from sandbox.run_folder import DRIVER_LOG, IMAGE_BUILD_LOG, RunFolder
 from sandbox.run_outcome import classify
 from sandbox.storage import Transfer, TransferResult
 
@@ -36,7 +38,7 @@ def _within(seconds: float, work: Callable[[], Any]) -> Any:
 @pytest.fixture
 def folder(tmp_path: Path) -> RunFolder:
     run = RunFolder(tmp_path / "runs" / "r1")
-    for path in (run.wd / "outputs", run.wd / "logs", run.control / "azureml-logs", run.control / "artifacts"):
+    for path in (run.wd / "outputs", run.wd / "logs", run.control / "azureml-logs"):
         path.mkdir(parents=True)
     return run
 
@@ -53,42 +55,48 @@ def _read(run_file: Any) -> bytes:
     return b"".join(run_file.chunks())
 
 
-def test_a_regular_output_is_listed_and_read(folder: RunFolder) -> None:
-    (folder.wd / "outputs" / "sub").mkdir()
-    (folder.wd / "outputs" / "sub" / "model.pt").write_bytes(b"weights")
-    (folder.control / "artifacts" / "extra").mkdir()
-    (folder.control / "artifacts" / "extra" / "notes.txt").write_text("n")
-    assert folder.list_files() == ["extra/notes.txt", "outputs/sub/model.pt"]
-    run_file = folder.open("outputs/sub/model.pt")
-    assert run_file is not None and run_file.size == 7 and _read(run_file) == b"weights"
+def test_a_regular_log_is_listed_and_read_and_outputs_are_left_to_the_run(folder: RunFolder) -> None:
+    (folder.control / "azureml-logs" / "sub").mkdir()
+    (folder.control / "azureml-logs" / "sub" / "x.txt").write_bytes(b"log lines")
+    (folder.wd / "outputs" / "model.pt").write_bytes(b"weights")  # the run's azureml-core uploads it itself
+    (folder.wd / "logs" / "own.log").write_text("l")
+    assert folder.list_files() == ["azureml-logs/sub/x.txt"]
+    run_file = folder.open("azureml-logs/sub/x.txt")
+    assert run_file is not None and run_file.size == 9 and _read(run_file) == b"log lines"
+    assert folder.open("outputs/model.pt") is None and folder.open("logs/own.log") is None
 
 
 def test_a_link_to_a_host_file_is_neither_listed_nor_read(folder: RunFolder, secret: Path) -> None:
-    (folder.wd / "outputs" / "x").symlink_to(secret)
-    (folder.control / "artifacts" / "y").symlink_to(secret)
+    (folder.control / "azureml-logs" / "x.txt").symlink_to(secret)
     assert folder.list_files() == []
-    assert folder.open("outputs/x") is None and folder.open("y") is None
-    assert any("outputs/x is a symbolic link" in s for s in folder.scan().skipped)
+    assert folder.open("azureml-logs/x.txt") is None
+    assert any("azureml-logs/x.txt is a symbolic link" in s for s in folder.scan().skipped)
 
 
 def test_a_linked_folder_on_the_way_is_not_followed(folder: RunFolder, secret: Path) -> None:
-    (folder.wd / "outputs" / "dir").symlink_to(secret.parent)
-    os.rmdir(folder.wd / "logs")
-    (folder.wd / "logs").symlink_to(secret.parent)
+    (folder.control / "azureml-logs" / "dir").symlink_to(secret.parent)
     assert folder.list_files() == []
-    assert folder.open("outputs/dir/token") is None and folder.open("logs/token") is None
+    assert folder.open("azureml-logs/dir/token") is None
+    (folder.control / "azureml-logs" / "dir").unlink()
+    os.rmdir(folder.control / "azureml-logs")  # the whole log folder swapped for a link
+    (folder.control / "azureml-logs").symlink_to(secret.parent)
+    assert folder.list_files() == []
+    assert folder.open("azureml-logs/token") is None
 
 
 def test_a_fifo_is_skipped_without_blocking(folder: RunFolder) -> None:
-    os.mkfifo(folder.wd / "outputs" / "pipe")
+    os.mkfifo(folder.control / "azureml-logs" / "pipe")
     assert _within(5, folder.list_files) == []
-    assert _within(5, lambda: folder.open("outputs/pipe")) is None
+    assert _within(5, lambda: folder.open("azureml-logs/pipe")) is None
+    assert any("azureml-logs/pipe is a FIFO" in s for s in _within(5, folder.scan).skipped)
 
 
 def test_names_that_leave_the_folder_are_refused(folder: RunFolder) -> None:
     (folder.root / "secret.txt").write_text("s")
-    for name in ("../secret.txt", "outputs/../../secret.txt", "", "/"):
-        assert folder.open(name) is None
+    (folder.control / "spec.json").write_text("{}")
+    for name in ("../secret.txt", "azureml-logs/../../secret.txt", "azureml-logs/../spec.json",
+                 "azureml-logs/../../../secret.txt", "azureml-logs/", "azureml-logs/\x00", "", "/"):
+        assert folder.open(name) is None, name
 
 
 def test_the_services_lines_follow_the_driver_log_once_the_run_has_ended(folder: RunFolder) -> None:
@@ -134,17 +142,21 @@ def _definition(**fields: Any) -> RunDefinition:
 
 def test_finalize_stores_regular_files_and_notes_what_it_skipped(folder: RunFolder, secret: Path,
                                                                  tmp_path: Path) -> None:
+    logs = folder.control / "azureml-logs"
     (folder.control / DRIVER_LOG).write_text("script output\n")
-    (folder.wd / "outputs" / "ok.txt").write_text("ok")
-    (folder.wd / "outputs" / "x").symlink_to(secret)
-    os.mkfifo(folder.wd / "outputs" / "pipe")
+    (logs / "ok.txt").write_text("ok")
+    (logs / "x.txt").symlink_to(secret)
+    os.mkfifo(logs / "pipe")
+    (folder.wd / "outputs" / "model.pt").write_bytes(b"weights")  # the run's azureml-core stores it, not finalize
     store = _Store()
     runner = LocalRunner(engine=None, store=store, settings=Settings(home=tmp_path))  # type: ignore[arg-type]
     names = _within(10, lambda: runner.finalize(_definition(), folder))
-    assert names == [DRIVER_LOG, "outputs/ok.txt"]
+    assert names == [DRIVER_LOG, "azureml-logs/ok.txt"]
+    assert set(store.blobs) == {f"ExperimentRun/dcid.r1/{name}" for name in names}
     log = store.blobs[f"ExperimentRun/dcid.r1/{DRIVER_LOG}"].decode()
     assert log.startswith("script output\n")
-    assert "Not stored: outputs/x is a symbolic link" in log and "Not stored: outputs/pipe is a FIFO" in log
+    assert "Not stored: azureml-logs/x.txt is a symbolic link" in log
+    assert "Not stored: azureml-logs/pipe is a FIFO" in log
     assert all(b"token" not in data for data in store.blobs.values())
     assert (folder.control / DRIVER_LOG).read_text() == "script output\n"
 
@@ -169,78 +181,17 @@ class _DroppingStore(_Store):
 
 def test_finalize_sends_a_file_whose_connection_was_dropped_again(folder: RunFolder, tmp_path: Path) -> None:
     (folder.control / DRIVER_LOG).write_text("script output\n")
-    (folder.wd / "outputs" / "model.pt").write_bytes(b"weights")
+    (folder.control / IMAGE_BUILD_LOG).write_text("Step 1/9\n")
     store = _DroppingStore()
     runner = LocalRunner(engine=None, store=store, settings=Settings(home=tmp_path))  # type: ignore[arg-type]
-    assert runner.finalize(_definition(), folder) == [DRIVER_LOG, "outputs/model.pt"]
-    assert store.blobs["ExperimentRun/dcid.r1/outputs/model.pt"] == b"weights"
+    assert runner.finalize(_definition(), folder) == [IMAGE_BUILD_LOG, DRIVER_LOG]
+    assert store.blobs[f"ExperimentRun/dcid.r1/{IMAGE_BUILD_LOG}"] == b"Step 1/9\n"
+    assert store.blobs[f"ExperimentRun/dcid.r1/{DRIVER_LOG}"].startswith(b"script output\n")
     assert set(store.attempts.values()) == {2}
-
-
-# -- history ------------------------------------------------------------------------------------------
-
-
-def _history(folder: RunFolder) -> Path:
-    return folder.control / "history.jsonl"
 
 
 def _notes(folder: RunFolder) -> str:
     return folder.notes.read_text() if folder.notes.exists() else ""
-
-
-def test_history_records_are_read_as_they_come(folder: RunFolder) -> None:
-    follower = HistoryFollower(folder)
-    _history(folder).write_text('{"kind": "metric", "name": "loss", "value": 1}\n{"kind": "tags"')
-    assert [r["name"] for r in follower.read_new()] == ["loss"]
-    with open(_history(folder), "a") as handle:
-        handle.write(', "values": {"a": "b"}}\n')
-    assert follower.read_new() == [{"kind": "tags", "values": {"a": "b"}}]
-    assert follower.offset == _history(folder).stat().st_size
-
-
-def test_a_history_fifo_is_reported_once_and_never_blocks(folder: RunFolder) -> None:
-    os.mkfifo(_history(folder))
-    follower = HistoryFollower(folder)
-    assert _within(5, follower.read_new) == [] and _within(5, follower.read_new) == []
-    assert _notes(folder).count("history.jsonl is not a regular file") == 1
-
-
-def test_a_history_link_is_not_followed(folder: RunFolder, secret: Path) -> None:
-    secret.write_text('{"kind": "metric", "name": "stolen", "value": 1}\n')
-    _history(folder).symlink_to(secret)
-    assert HistoryFollower(folder).read_new() == []
-
-
-def test_bad_history_lines_are_reported_and_skipped(folder: RunFolder) -> None:
-    _history(folder).write_text('not json\n[1, 2]\n{"no": "kind"}\n' + "[" * 10000 + "\n"
-                                '{"kind": "metric", "name": "loss", "value": 1}\n')
-    assert [r["name"] for r in HistoryFollower(folder).read_new()] == ["loss"]
-    notes = _notes(folder)
-    assert notes.count("skipped: not JSON") == 2 and notes.count("skipped: not a record") == 2
-
-
-def test_a_huge_line_without_newline_is_skipped_in_bounded_reads(folder: RunFolder) -> None:
-    chunk = b"x" * MAX_READ
-    with open(_history(folder), "wb") as handle:
-        for _ in range(5):
-            handle.write(chunk)
-    follower = HistoryFollower(folder)
-    assert follower.read_new() == [] and follower.offset == MAX_READ and follower.more
-    assert all(batch == [] for batch in follower.batches())
-    assert follower.offset == 5 * MAX_READ
-    with open(_history(folder), "ab") as handle:
-        handle.write(b"still the long line\n" + json.dumps({"kind": "metric", "name": "after"}).encode() + b"\n")
-    assert [r["name"] for r in follower.read_new()] == ["after"]
-    assert _notes(folder).count(f"longer than {MAX_LINE} bytes") == 1
-
-
-def test_history_is_drained_in_batches_after_the_run(folder: RunFolder) -> None:
-    line = json.dumps({"kind": "metric", "name": "m", "value": 0}) + "\n"
-    count = 3 * MAX_READ // len(line)
-    _history(folder).write_text(line * count)
-    follower = HistoryFollower(folder)
-    batches = list(follower.batches())
-    assert len(batches) >= 3 and sum(len(b) for b in batches) == count
 
 
 # -- outcome and container ----------------------------------------------------------------------------
@@ -310,7 +261,7 @@ def test_a_run_that_writes_over_its_disk_limit_is_stopped_and_says_why(folder: R
     runner = LocalRunner(engine=None, store=None, settings=Settings(home=tmp_path),  # type: ignore[arg-type]
                          max_run_bytes=1024 * 1024, min_free_bytes=0)
     started = StartedRun(_definition(), folder, _Container(), ComputeDefinition("cpu-cluster", 1))  # type: ignore[arg-type]
-    outcome = _within(10, lambda: runner.wait(started, cancel=threading.Event(), on_history=lambda _: None))
+    outcome = _within(10, lambda: runner.wait(started, cancel=threading.Event()))
     assert outcome.status == RunStatus.FAILED and started.container.stopped
     assert "over the limit of 0.000976562 GiB per run" in outcome.error["message"]
     assert "over the limit" in _notes(folder)
@@ -327,7 +278,7 @@ def test_a_run_making_too_many_empty_files_is_stopped_and_says_why(folder: RunFo
     runner = LocalRunner(engine=None, store=None, settings=Settings(home=tmp_path),  # type: ignore[arg-type]
                          min_free_bytes=0)
     started = StartedRun(_definition(), folder, _Container(), ComputeDefinition("cpu-cluster", 1))  # type: ignore[arg-type]
-    outcome = _within(10, lambda: runner.wait(started, cancel=threading.Event(), on_history=lambda _: None))
+    outcome = _within(10, lambda: runner.wait(started, cancel=threading.Event()))
     assert outcome.status == RunStatus.FAILED and started.container.stopped
     assert "files and folders, over the limit of 100 per run" in outcome.error["message"]
 
@@ -341,8 +292,8 @@ def test_a_flood_of_files_and_links_is_scanned_up_to_the_limit_with_a_bounded_no
 
     monkeypatch.setattr(run_folder, "MAX_FILES", 50)
     for index in range(200):
-        (folder.wd / "outputs" / f"f{index:04d}").write_bytes(b"")
-        (folder.wd / "outputs" / f"l{index:04d}").symlink_to(secret)
+        (folder.control / "azureml-logs" / f"f{index:04d}").write_bytes(b"")
+        (folder.control / "azureml-logs" / f"l{index:04d}").symlink_to(secret)
     scan = folder.scan()
     assert len(scan.files) == 50
     assert len(scan.skipped.named) == run_folder.MAX_NAMED_SKIPS and scan.skipped.more > 0
@@ -352,25 +303,42 @@ def test_a_flood_of_files_and_links_is_scanned_up_to_the_limit_with_a_bounded_no
 
 def test_many_folders_are_walked_with_one_open_folder_per_level(folder: RunFolder) -> None:
     for index in range(300):
-        (folder.wd / "outputs" / f"d{index}").mkdir()
-        (folder.wd / "outputs" / f"d{index}" / "x.txt").write_text("x")
+        (folder.control / "azureml-logs" / f"d{index}").mkdir()
+        (folder.control / "azureml-logs" / f"d{index}" / "x.txt").write_text("x")
     before = len(os.listdir("/proc/self/fd"))
     peak = 0
 
-    for _ in folder._walk("wd/outputs", "outputs/", folder.scan().skipped):
+    for _ in folder._walk("control/azureml-logs", "azureml-logs/", folder.scan().skipped):
         peak = max(peak, len(os.listdir("/proc/self/fd")) - before)
     assert peak <= 6, f"{peak} descriptors open at once while walking 300 folders"
     usage = folder.disk_usage()
     assert usage.entries >= 600
 
 
-def test_only_the_last_error_and_the_last_explicit_failure_are_kept() -> None:
-    from sandbox.local_runner import ErrorRecords
+class _ExitedContainer(_Container):
+    """A container whose script has already ended with ``code``."""
 
-    errors = ErrorRecords()
-    errors.extend([{"kind": "error", "explicit": True, "message": "run.fail()"}])
-    errors.extend([{"kind": "error", "type": "ValueError", "message": f"boom {i}"} for i in range(10_000)])
-    kept = errors.kept()
-    assert [e["message"] for e in kept] == ["run.fail()", "boom 9999"]
-    assert classify(_definition(), ComputeDefinition("cpu-cluster", 1), 0, False, None, kept).status \
-        is RunStatus.FAILED
+    def __init__(self, code: int) -> None:
+        super().__init__()
+        self.code = code
+
+    def wait(self, timeout: float) -> dict[str, int]:
+        return {"StatusCode": self.code}
+
+
+def test_an_error_the_run_posted_fails_a_run_that_exited_zero_with_azures_message(folder: RunFolder,
+                                                                                  tmp_path: Path) -> None:
+    from sandbox.local_runner import StartedRun
+
+    posted = {"code": "UserError", "message": "bad data", "debug_type": "ValueError", "debug_message": "bad data",
+              "debug_stack_trace": "Traceback ...\n"}  # what azureml-core's run.fail() / Run.Error carries
+    runner = LocalRunner(engine=None, store=None, settings=Settings(home=tmp_path),  # type: ignore[arg-type]
+                         min_free_bytes=0)
+    compute = ComputeDefinition("cpu-cluster", 1)
+    failed = runner.wait(StartedRun(_definition(), folder, _ExitedContainer(0), compute),  # type: ignore[arg-type]
+                         cancel=threading.Event(), reported_error=lambda: posted)
+    assert failed.status is RunStatus.FAILED and failed.exit_code == 0
+    assert failed.error["message"] == "bad data" and failed.error["type"] == "ValueError"
+    completed = runner.wait(StartedRun(_definition(), folder, _ExitedContainer(0), compute),  # type: ignore[arg-type]
+                            cancel=threading.Event())
+    assert completed.status is RunStatus.COMPLETED and completed.error is None

@@ -27,7 +27,9 @@ def test_exit_zero_without_an_explicit_failure_completes_with_no_line_of_the_ser
 
 
 def test_the_scripts_exception_is_named_as_azure_names_it_with_its_traceback() -> None:
-    error = {"code": "UserError", "type": "ValueError", "message": "boom 42", "traceback": "Traceback ...\n"}
+    # What azureml-core's status context manager posts (Run.Error) for an exception in the script.
+    error = {"code": "UserError", "message": "User program failed with ValueError: boom 42",
+             "debug_type": "ValueError", "debug_message": "boom 42", "debug_stack_trace": "Traceback ...\n"}
     outcome = classify(_definition(), SMALL, 1, False, None, [error])
     assert outcome.status is RunStatus.FAILED
     assert outcome.error == {"code": "UserError", "message": "User program failed with ValueError: boom 42",
@@ -36,7 +38,7 @@ def test_the_scripts_exception_is_named_as_azure_names_it_with_its_traceback() -
 
 
 def test_run_fail_from_the_script_fails_a_run_that_exited_zero() -> None:
-    outcome = classify(_definition(), SMALL, 0, False, None, [{"explicit": True, "message": "bad data"}])
+    outcome = classify(_definition(), SMALL, 0, False, None, [{"code": "UserError", "message": "bad data"}])
     assert outcome.status is RunStatus.FAILED and outcome.error["message"] == "bad data"
 
 
@@ -64,10 +66,11 @@ def test_cancel_time_limit_and_disk_limit_each_say_why_the_service_stopped_the_r
 
 
 def test_a_dataset_that_cannot_be_mounted_fails_with_azures_dataset_initialization_wording() -> None:
-    error = {"code": "UserError", "type": "DatasetMountValidationException", "message": "Cannot mount dataset."}
+    # What the runtime posts (Run.Error) when a mount point is missing or empty as the run starts.
+    message = "Dataset initialization failed: DatasetMountValidationException: Cannot mount dataset."
+    error = {"code": "UserError", "debug_type": "DatasetMountValidationException", "message": message}
     outcome = classify(_definition(), SMALL, 1, False, None, [error])
-    assert outcome.error["message"] == ("Dataset initialization failed: DatasetMountValidationException: "
-                                        "Cannot mount dataset.")
+    assert outcome.error == {"code": "UserError", "message": message, "type": "DatasetMountValidationException"}
 
 
 def test_a_plain_non_zero_exit_names_the_code() -> None:

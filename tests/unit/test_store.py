@@ -11,8 +11,16 @@ from typing import Any
 import pytest
 
 from sandbox.run_definition import RunDefinition, RunStatus
+from sandbox.service import store as store_module
 from sandbox.service.records import decode_value, encode_value
-from sandbox.service.store import PropertyConflictError, SqliteRunStore, metrics_summary
+from sandbox.service.store import (
+    MAX_ERROR_MESSAGE,
+    MAX_EVENT_MESSAGE,
+    PropertyConflictError,
+    RunEventLimitError,
+    SqliteRunStore,
+    metrics_summary,
+)
 
 
 def _definition(run_id: str = "exp_1_aaaa") -> RunDefinition:
@@ -37,12 +45,11 @@ def _metric(name: str = "loss", value: Any = 0.5, **fields: Any) -> dict[str, An
 
 
 def test_a_step_that_is_not_an_int_is_skipped_and_reported_and_the_store_goes_on(store: SqliteRunStore) -> None:
-    rejected = store.apply_history("exp_1_aaaa", [_metric(value=0.1), _metric(value=0.5, step=[3, 100]),
-                                                  _metric(value=0.2, step=4)], 120)
+    rejected = store.add_metrics("exp_1_aaaa", [_metric(value=0.1), _metric(value=0.5, step=[3, 100]),
+                                                _metric(value=0.2, step=4)])
     assert [(r.position, r.kind) for r in rejected] == [(1, "metric")]
     assert "step=[3, 100] must be a whole number" in str(rejected[0])
     assert [(m.value, m.step) for m in store.get_metrics("exp_1_aaaa")] == [(0.1, None), (0.2, 4)]
-    assert store.get_run("exp_1_aaaa").history_offset == 120
     store.set_status("exp_1_aaaa", RunStatus.COMPLETED)  # later writes still work
     store.create_run(_definition("exp_2_bbbb"))
     assert store.get_run("exp_1_aaaa").status is RunStatus.COMPLETED
@@ -63,9 +70,6 @@ BAD_RECORDS = [
     ("a lone surrogate", _metric(name="\ud800"), "not valid UTF-8"),
     ("a huge value", _metric(type="list", value=["x" * 1000] * 2000), "at most 1048576 are stored"),
     ("deep nesting", _metric(type="confusion_matrix", value=json.loads("[" * 100 + "]" * 100)), "nested deeper"),
-    ("tags not a mapping", {"kind": "tags", "values": ["a"]}, "tags=['a']"),
-    ("a tag value that is a dict", {"kind": "tags", "values": {"a": {"b": 1}}}, "tags['a']"),
-    ("removed tags not a list", {"kind": "tags_removed", "values": "a"}, "values='a'"),
 ]
 
 
@@ -73,7 +77,7 @@ BAD_RECORDS = [
                          ids=[name for name, _, _ in BAD_RECORDS])
 def test_a_bad_record_is_skipped_with_its_reason_and_the_good_ones_are_kept(store: SqliteRunStore, record: Any,
                                                                            reason: str) -> None:
-    rejected = store.apply_history("exp_1_aaaa", [record, _metric(value=1.5)], 10)
+    rejected = store.add_metrics("exp_1_aaaa", [record, _metric(value=1.5)])
     assert len(rejected) == 1 and reason in str(rejected[0]), [str(r) for r in rejected]
     assert [m.value for m in store.get_metrics("exp_1_aaaa")] == [1.5]
     assert not store._db.in_transaction
@@ -91,12 +95,11 @@ def test_a_failure_inside_a_write_rolls_back_and_the_next_write_works(store: Sql
     db = store._db
     store._db = _Proxy(db, failing_executemany)  # type: ignore[assignment]
     with pytest.raises(sqlite3.OperationalError):
-        store.apply_history("exp_1_aaaa", [_metric(value=9.0)], 50)
+        store.add_metrics("exp_1_aaaa", [_metric(value=9.0)])
     store._db = db
     assert calls["n"] == 1 and not db.in_transaction
     assert store.get_metrics("exp_1_aaaa") == []  # the half-done insert was rolled back
-    assert store.get_run("exp_1_aaaa").history_offset == 0
-    store.apply_history("exp_1_aaaa", [_metric(value=1.0)], 60)
+    store.add_metrics("exp_1_aaaa", [_metric(value=1.0)])
     store.set_status("exp_1_aaaa", RunStatus.RUNNING)
     assert [m.value for m in store.get_metrics("exp_1_aaaa")] == [1.0]
     assert store.get_run("exp_1_aaaa").status is RunStatus.RUNNING
@@ -122,9 +125,9 @@ class _Proxy:
 
 def test_nan_and_infinities_are_stored_as_valid_json_and_shown_as_azure_sends_them(store: SqliteRunStore,
                                                                                   tmp_path: Path) -> None:
-    store.apply_history("exp_1_aaaa", [_metric(value=math.nan), _metric(value=math.inf), _metric(value=-math.inf),
-                                       _metric("acc", type="list", value=[0.1, math.nan]),
-                                       _metric("text", value="NaN")], 10)
+    store.add_metrics("exp_1_aaaa", [_metric(value=math.nan), _metric(value=math.inf), _metric(value=-math.inf),
+                                     _metric("acc", type="list", value=[0.1, math.nan]),
+                                     _metric("text", value="NaN")])
     stored = [row[0] for row in sqlite3.connect(tmp_path / "runs.db").execute("SELECT value FROM metrics")]
     for text in stored:
         json.loads(text, parse_constant=_not_json)
@@ -145,19 +148,18 @@ def test_a_logged_dict_that_looks_like_the_nan_marker_comes_back_as_it_was() -> 
 
 def test_a_value_logged_with_another_type_is_left_out_of_get_metrics_as_azureml_core_does(
         store: SqliteRunStore) -> None:
-    store.apply_history("exp_1_aaaa", [_metric("m", value=1.0), _metric("m", type="list", value=[2.0]),
-                                       _metric("m", value=3.0)], 10)
+    store.add_metrics("exp_1_aaaa", [_metric("m", value=1.0), _metric("m", type="list", value=[2.0]),
+                                     _metric("m", value=3.0)])
     assert metrics_summary(store.get_metrics("exp_1_aaaa")) == {"m": [1.0, 3.0]}
 
 
-def test_properties_are_immutable_and_a_clash_from_the_run_is_reported(store: SqliteRunStore) -> None:
+def test_properties_are_immutable_and_a_clash_is_refused_whole(store: SqliteRunStore) -> None:
     store.add_properties("exp_1_aaaa", {"p": "1"})
     with pytest.raises(PropertyConflictError, match=r"\['p'\]"):
-        store.add_properties("exp_1_aaaa", {"p": "2"})
-    rejected = store.apply_history("exp_1_aaaa", [{"kind": "properties", "values": {"p": "3", "q": "4"}},
-                                                  {"kind": "properties", "values": {"r": "5"}}], 10)
-    assert len(rejected) == 1 and "immutable" in str(rejected[0])
+        store.add_properties("exp_1_aaaa", {"p": "2", "q": "4"})
+    store.add_properties("exp_1_aaaa", {"p": "1", "r": "5"})  # the same value again is no change
     assert store.get_run("exp_1_aaaa").properties == {"p": "1", "r": "5"}
+    assert not store._db.in_transaction
 
 
 def test_set_tags_refuses_a_bad_value_naming_it_and_keeps_the_old_tags(store: SqliteRunStore) -> None:
@@ -194,6 +196,9 @@ def test_a_database_of_an_older_version_gains_the_new_columns_and_keeps_its_runs
         assert (record.root_run_id, record.parent_run_id, record.status) == ("old_1", None, RunStatus.COMPLETED)
         child = store.create_child_run("old_1_kid", "old_1", name=">kid")
         assert child.root_run_id == "old_1" and child.number == 2
+        assert store.post_event("old_1_kid", "Start").status is RunStatus.RUNNING
+        store.add_metrics("old_1_kid", [_metric(value=1.0)])
+        assert [m.value for m in store.get_metrics("old_1_kid")] == [1.0]
     finally:
         store.close()
     SqliteRunStore(path).close()  # opening it again changes nothing
@@ -251,3 +256,66 @@ def test_add_metrics_skips_a_bad_value_and_a_failed_insert_rolls_back(store: Sql
     assert not db.in_transaction
     assert [(m.value, m.step) for m in store.get_metrics("exp_1_aaaa")] == [(0.5, 1)]
     assert store.get_metric_names("exp_1_aaaa") == ["loss"]
+
+
+def test_a_new_database_has_no_history_offset_column(tmp_path: Path) -> None:
+    SqliteRunStore(tmp_path / "new.db").close()
+    columns = {row[1] for row in sqlite3.connect(tmp_path / "new.db").execute("PRAGMA table_info(runs)")}
+    assert "history_offset" not in columns and {"run_id", "parent_run_id", "root_run_id"} <= columns
+
+
+def test_events_per_run_are_bounded_but_a_child_run_can_still_start_and_end_once(
+        store: SqliteRunStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store_module, "MAX_RUN_EVENTS", 3)
+    store.set_status("exp_1_aaaa", RunStatus.RUNNING)
+    store.create_child_run("kid_1", "exp_1_aaaa")
+    for _ in range(3):
+        store.post_event("kid_1", "Heartbeat")
+    with pytest.raises(RunEventLimitError, match="run kid_1 already has 3 run events"):
+        store.post_event("kid_1", "Warning")
+    assert store.post_event("kid_1", "Start").status is RunStatus.RUNNING
+    for again in ("Start", "CancelRequested", "Heartbeat"):  # none of these moves the child on
+        with pytest.raises(RunEventLimitError):
+            store.post_event("kid_1", again)
+    ended = store.post_event("kid_1", "Failed", error={"code": "UserError", "message": "boom"})
+    assert ended.status is RunStatus.FAILED and ended.error == {"code": "UserError", "message": "boom"}
+    with pytest.raises(RunEventLimitError):
+        store.post_event("kid_1", "Completed")
+    assert [name for name, _ in store.get_events("kid_1")] == ["Heartbeat"] * 3 + ["Start", "Failed"]
+    assert [status for status, _ in store.get_run("kid_1").status_history] == ["NotStarted", "Running", "Failed"]
+
+    for _ in range(3):  # a submitted run's events never set its status: nothing is taken past the bound
+        store.post_event("exp_1_aaaa", "Heartbeat")
+    with pytest.raises(RunEventLimitError, match="exp_1_aaaa"):
+        store.post_event("exp_1_aaaa", "Completed")
+    assert not store._db.in_transaction
+
+
+def test_a_repeated_start_event_adds_no_status_history(store: SqliteRunStore) -> None:
+    store.create_child_run("kid_1", "exp_1_aaaa")
+    for _ in range(5):
+        store.post_event("kid_1", "Start")
+    assert [status for status, _ in store.get_run("kid_1").status_history] == ["NotStarted", "Running"]
+
+
+@pytest.mark.parametrize(("error", "named"), [
+    ({"code": "UserError", "message": "m" * (MAX_ERROR_MESSAGE + 1)}, "error message="),
+    ({"code": "c" * 256, "message": "m"}, "error code="),
+    ({"code": "UserError", "message": "m", "details": ["x"] * 1000}, "exactly 'code' and 'message'"),
+    ({"code": "UserError", "message": {"nested": "m"}}, "error message="),
+])
+def test_an_error_over_its_bounds_is_refused_naming_the_field(store: SqliteRunStore, error: dict[str, Any],
+                                                               named: str) -> None:
+    with pytest.raises(ValueError, match=named):
+        store.post_event("exp_1_aaaa", "Error", error=error)
+    assert store.get_run("exp_1_aaaa").error is None and store.get_events("exp_1_aaaa") == []
+
+
+def test_the_run_keeps_its_whole_error_and_each_event_a_bounded_copy(store: SqliteRunStore, tmp_path: Path) -> None:
+    message = "m" * MAX_ERROR_MESSAGE
+    for _ in range(3):
+        store.post_event("exp_1_aaaa", "Error", error={"code": "UserError", "message": message})
+    assert store.get_run("exp_1_aaaa").error == {"code": "UserError", "message": message}
+    stored = [json.loads(row[0]) for row in sqlite3.connect(tmp_path / "runs.db").execute(
+        "SELECT data FROM run_events")]
+    assert [len(data["message"]) for data in stored] == [MAX_EVENT_MESSAGE] * 3

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from sandbox.service.routes import artifacts, discovery, history, metrics, mlflow
+from sandbox.service.routes import artifacts, discovery, history, metrics, mlflow, run_artifacts
 
 
 def include_routes(app: FastAPI) -> None:
     """Add every service's routes to the app (the handlers reach the services through ``app.state``)."""
-    for module in (discovery, history, metrics, artifacts, mlflow):
+    for module in (discovery, history, run_artifacts, metrics, artifacts, mlflow):
         app.include_router(module.router)

@@ -17,14 +17,18 @@ What ``Run.upload_file(s)``, ``upload_folder``, ``log_image``, ``get_file_names`
 
 The files live where a run's files live: Azurite container ``azureml``, blobs ``ExperimentRun/dcid.<run>/<path>``
 (``sandbox.local_runner.artifact_prefix``). Every route needs the run's token and acts on that run or a run of
-its tree. Not implemented: origins other than ``ExperimentRun``, ``datastoreName``, artifact metadata GET/DELETE,
-``artifacts/content`` (direct upload and download through the service), ``batch/ingest``.
+its tree; ``batch/metadata`` (which hands out upload URLs) is refused once the token's root run has
+finished (``common.write_claims``); an upload URL handed out before stays valid for its SAS lifetime
+(:data:`WRITE_SAS_LIFETIME`). Not implemented: origins other than ``ExperimentRun``, ``datastoreName``,
+artifact metadata GET/DELETE, ``artifacts/content`` (direct upload and download through the service),
+``batch/ingest``.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+import logging
 import re
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -35,10 +39,18 @@ from starlette.concurrency import run_in_threadpool
 from sandbox.local_runner import ARTIFACT_CONTAINER, artifact_prefix
 from sandbox.run_definition import RUN_ID
 from sandbox.service.routes.bodies import read_json
-from sandbox.service.routes.common import WORKSPACE_SCOPE, AzureError, require_scope, run_claims, services
+from sandbox.service.routes.common import (
+    WORKSPACE_SCOPE,
+    AzureError,
+    WriteClaims,
+    require_scope,
+    run_claims,
+    services,
+)
 from sandbox.service.run_token import RunClaims
 from sandbox.service.store import RunNotFoundError
 
+log = logging.getLogger("aml_sandbox.artifacts")
 router = APIRouter()
 Claims = Annotated[RunClaims, Depends(run_claims)]
 Continuation = Annotated[str | None, Query(alias="continuationToken")]
@@ -87,7 +99,10 @@ class RunContainer:
 
 
 def check_path(path: object, *, prefix_of: RunContainer) -> str:
-    """The artifact path, or a ValueError saying what is wrong with it and what to send instead."""
+    """The artifact path as stored, or a ValueError saying what is wrong with it and what to send instead.
+
+    ``.`` segments are dropped as Azure drops them: azureml-core uploads ``outputs/`` at the end of a run as
+    ``./outputs/model.pt`` (``os.walk("./outputs")``), which Azure lists as ``outputs/model.pt``."""
     if not isinstance(path, str) or not path:
         raise ValueError(f"an artifact path must be a non-empty string, got {path!r}")
     if path.startswith("/"):
@@ -96,9 +111,10 @@ def check_path(path: object, *, prefix_of: RunContainer) -> str:
     if bad := _BAD_CHARACTERS.search(path):
         raise ValueError(f"artifact path {path[:200]!r} contains {bad.group()!r}; use letters, digits, spaces, "
                          "'/', '.', '-', '_' and other printable characters except \\ ? # %")
-    segments = path.split("/")
-    if any(segment in {"", ".", ".."} for segment in segments):
-        raise ValueError(f"artifact path {path[:200]!r} has an empty, '.' or '..' segment; send a normalised "
+    segments = [segment for segment in path.split("/") if segment != "."]
+    path = "/".join(segments)
+    if any(segment in {"", ".."} for segment in segments):
+        raise ValueError(f"artifact path {path[:200]!r} has an empty or '..' segment; send a normalised "
                          "relative path such as 'outputs/model.pkl'")
     blob = prefix_of.blob_prefix + path
     if len(blob) > MAX_BLOB_NAME or len(blob.split("/")) > MAX_SEGMENTS:
@@ -113,17 +129,48 @@ def check_path(path: object, *, prefix_of: RunContainer) -> str:
 
 @router.post(f"{ARTIFACTS}/batch/metadata/{{origin}}/{{container}}")
 async def batch_metadata(origin: str, container: str, request: Request,
-                         claims: Claims) -> dict[str, Any]:
+                         claims: WriteClaims) -> dict[str, Any]:
     """Create artifacts and hand out one upload URL (SAS) per path."""
     run = await run_in_threadpool(_run_container, request, claims, origin, container)
+    return await create_artifacts(request, run)
+
+
+@router.get(f"{ARTIFACTS}/contentinfo/{{origin}}/{{container}}/{{path:path}}")
+def content_information(origin: str, container: str, path: str, request: Request,
+                        claims: Claims) -> dict[str, Any]:
+    """One file's read URL; 404 (azureml-core then lists the run's files in its message) when it is absent."""
+    return content_of(request, _run_container(request, claims, origin, container), path)
+
+
+@router.get(f"{ARTIFACTS}/prefix/contentinfo/{{origin}}/{{container}}")
+@router.get(f"{ARTIFACTS}/prefix/contentinfo/{{origin}}/{{container}}/{{path:path}}")
+def content_information_by_prefix(origin: str, container: str, request: Request, claims: Claims, path: str = "",
+                                  continuation_token: Continuation = None) -> dict[str, Any]:
+    """Read URLs of every file under a prefix (an empty list when there is none), paged."""
+    return contents_by_prefix(request, _run_container(request, claims, origin, container), path, continuation_token)
+
+
+@router.get(f"{ARTIFACTS}/{{origin}}/{{container}}")
+@router.get(f"{ARTIFACTS}/{{origin}}/{{container}}/{{path:path}}")
+def list_artifacts(origin: str, container: str, request: Request, claims: Claims, path: str = "",
+                   continuation_token: Continuation = None) -> dict[str, Any]:
+    """The run's files (``get_file_names``), or those under a prefix, paged with ``continuationToken``."""
+    return listing(request, _run_container(request, claims, origin, container), path, continuation_token)
+
+
+# -- what the routes do for one run (also run history's artifact routes: routes/run_artifacts.py) -------------
+
+
+async def create_artifacts(request: Request, run: RunContainer) -> dict[str, Any]:
+    """The batch in the request's body created: one upload URL (SAS) per path, keyed by each path as sent."""
     paths = _paths(await read_json(request, MAX_BATCH_BYTES, "an artifact batch (ArtifactPathList)"))
     artifacts: dict[str, Any] = {}
     contents: dict[str, Any] = {}
     errors: dict[str, Any] = {}
-    accepted = []
+    accepted: list[tuple[str, str]] = []  # (the path as sent: the answer's key, the path stored)
     for raw in paths:
         try:
-            accepted.append(check_path(raw, prefix_of=run))
+            accepted.append((raw, check_path(raw, prefix_of=run)))
         except ValueError as exc:
             key = raw if isinstance(raw, str) else json.dumps(raw)[:200]
             errors[key] = {"error": {"code": "ValidationError", "message": str(exc), "details": []}}
@@ -132,19 +179,16 @@ async def batch_metadata(origin: str, container: str, request: Request,
     if accepted:
         await run_in_threadpool(services(request).blobs.ensure_container, ARTIFACT_CONTAINER)
     sign = _Signer(request, write=True)
-    for path in accepted:
-        artifacts[path] = run.artifact(path, created=sign.start + CLOCK_SKEW)
-        contents[path] = run.content(path, sign.url(run.blob_prefix + path))
+    for sent, path in accepted:
+        artifacts[sent] = run.artifact(path, created=sign.start + CLOCK_SKEW)
+        contents[sent] = run.content(path, sign.url(run.blob_prefix + path))
     return {"artifacts": artifacts, "artifactContentInformation": contents, "errors": {}}
 
 
-@router.get(f"{ARTIFACTS}/contentinfo/{{origin}}/{{container}}/{{path:path}}")
-def content_information(origin: str, container: str, path: str, request: Request,
-                        claims: Claims) -> dict[str, Any]:
-    """One file's read URL; 404 (azureml-core then lists the run's files in its message) when it is absent."""
+def content_of(request: Request, run: RunContainer, path: str) -> dict[str, Any]:
+    """One file's read URL; 404 naming it when the run has no such file."""
     from azure.core.exceptions import ResourceNotFoundError
 
-    run = _run_container(request, claims, origin, container)
     path = _checked(path, run)
     blob = run.blob_prefix + path
     try:
@@ -154,27 +198,36 @@ def content_information(origin: str, container: str, path: str, request: Request
     return run.content(path, _Signer(request, write=False).url(blob))
 
 
-@router.get(f"{ARTIFACTS}/prefix/contentinfo/{{origin}}/{{container}}")
-@router.get(f"{ARTIFACTS}/prefix/contentinfo/{{origin}}/{{container}}/{{path:path}}")
-def content_information_by_prefix(origin: str, container: str, request: Request, claims: Claims, path: str = "",
-                                  continuation_token: Continuation = None) -> dict[str, Any]:
-    """Read URLs of every file under a prefix (an empty list when there is none), paged."""
-    run = _run_container(request, claims, origin, container)
-    blobs, token = _page(request, run, _checked_prefix(path, run), continuation_token)
+def contents_by_prefix(request: Request, run: RunContainer, prefix: str, token: str | None) -> dict[str, Any]:
+    """Read URLs of every file under ``prefix``, one page, with the next page's token."""
+    blobs, next_token = _page(request, run, _checked_prefix(prefix, run), token)
     sign = _Signer(request, write=False)
     return {"value": [run.content(name, sign.url(run.blob_prefix + name)) for name, _e, _c in blobs],
-            "continuationToken": token}
+            "continuationToken": next_token}
 
 
-@router.get(f"{ARTIFACTS}/{{origin}}/{{container}}")
-@router.get(f"{ARTIFACTS}/{{origin}}/{{container}}/{{path:path}}")
-def list_artifacts(origin: str, container: str, request: Request, claims: Claims, path: str = "",
-                   continuation_token: Continuation = None) -> dict[str, Any]:
-    """The run's files (``get_file_names``), or those under a prefix, paged with ``continuationToken``."""
-    run = _run_container(request, claims, origin, container)
-    blobs, token = _page(request, run, _checked_prefix(path, run), continuation_token)
+def listing(request: Request, run: RunContainer, prefix: str, token: str | None) -> dict[str, Any]:
+    """The run's files under ``prefix``, one page, with the next page's token."""
+    blobs, next_token = _page(request, run, _checked_prefix(prefix, run), token)
     return {"value": [run.artifact(name, etag=etag, created=created) for name, etag, created in blobs],
-            "continuationToken": token}
+            "continuationToken": next_token}
+
+
+def read_urls(request: Request, run_id: str, prefix: str) -> dict[str, str]:
+    """Read URLs (SAS) of the run's files under ``prefix``, by name: one listing page (``PAGE_SIZE`` files).
+
+    Empty, with a warning in the service's log, when the storage does not answer: callers show what exists.
+    """
+    from azure.core.exceptions import AzureError as StorageError
+
+    run = RunContainer(run_id)
+    try:
+        names, _more = _page(request, run, prefix, None)
+    except StorageError as exc:
+        log.warning("listing the files of run %s under %r failed: %s", run_id, prefix, exc)
+        return {}
+    sign = _Signer(request, write=False)
+    return {name: sign.url(run.blob_prefix + name) for name, _etag, _created in names}
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -186,8 +239,15 @@ def _run_container(request: Request, claims: RunClaims, origin: str, container: 
         raise AzureError(404, "NotFound", f"Artifact origin {origin[:100]!r} is not served by the local workspace; "
                                           f"only {ORIGIN!r} (a run's files) is.")
     run_id = container.removeprefix("dcid.")
-    if run_id == container or not RUN_ID.fullmatch(run_id):
+    if run_id == container:
         raise AzureError(400, "ValidationError", f"Artifact container {container[:100]!r} is not 'dcid.<run id>'.")
+    return run_of(request, claims, run_id)
+
+
+def run_of(request: Request, claims: RunClaims, run_id: str) -> RunContainer:
+    """The files of run ``run_id``, checked against the caller's token before anything else is said."""
+    if not RUN_ID.fullmatch(run_id):
+        raise AzureError(400, "ValidationError", f"{run_id[:100]!r} is not a run id.")
     try:
         record = services(request).store.get_run(run_id)
     except RunNotFoundError:
@@ -249,7 +309,8 @@ class _Signer:
         now = datetime.datetime.now(datetime.UTC)
         self.start = now - CLOCK_SKEW
         self.expiry = now + (WRITE_SAS_LIFETIME if write else READ_SAS_LIFETIME)
-        self.permission = BlobSasPermissions(read=True, write=write, create=write)
+        # add: azureml-core streams logs/ as append blobs (FileWatcher: create_append_blob, append_block)
+        self.permission = BlobSasPermissions(read=True, write=write, create=write, add=write)
 
     def url(self, blob: str) -> str:
         from azure.storage.blob import generate_blob_sas

@@ -1,12 +1,19 @@
-"""What every Azure ML route module shares: the workspace scope in paths, Azure's error shape, run tokens."""
+"""What every Azure ML route module shares: the workspace scope in paths, Azure's error shape, run tokens.
+
+A run token is valid for 30 days (``run_token.LIFETIME_SECONDS``), far longer than its run. Reads stay
+allowed with it; a route that WRITES takes :data:`WriteClaims` (:func:`write_claims`), which refuses the
+token once the root run of its tree has finished (Completed, Failed, Canceled): the executor finishes a
+root run only after its container has exited, so every write a run legitimately makes comes before.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import HTTPException, Request
+from fastapi import Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
 
+from sandbox.service.run_record import RunNotFoundError
 from sandbox.service.run_token import RunClaims
 from sandbox.service.security import bearer_token
 
@@ -46,3 +53,27 @@ def require_scope(claims: RunClaims, run_id: str, root_run_id: str | None) -> No
     """403 unless the token's run may act on ``run_id`` (itself or a run of its own tree)."""
     if not claims.may_act_on(run_id, root_run_id):
         raise AzureError(403, "Forbidden", f"The run token of run {claims.run_id!r} cannot act on run {run_id!r}.")
+
+
+def write_claims(request: Request) -> RunClaims:
+    """:func:`run_claims` for a route that writes: 403 once the token's root run has finished.
+
+    A child run shares its root's token tree, so its own ``complete()`` still writes while the root runs;
+    after the root has ended, no run of the tree writes any more (its token may still read).
+    """
+    claims = run_claims(request)
+    try:
+        status = services(request).store.run_status(claims.root_run_id)
+    except RunNotFoundError:
+        raise AzureError(403, "Forbidden", f"run {claims.root_run_id} is gone: its run token no longer "
+                                           "writes.") from None
+    if status.is_terminal:
+        raise AzureError(403, "Forbidden", f"run {claims.root_run_id} is {status}: its run token no longer "
+                                           "writes.")
+    return claims
+
+
+#: A route's checked run token (401 without one), for routes that only read.
+Claims = Annotated[RunClaims, Depends(run_claims)]
+#: The same for routes that write: also 403 once the token's root run has finished.
+WriteClaims = Annotated[RunClaims, Depends(write_claims)]

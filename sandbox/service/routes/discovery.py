@@ -12,6 +12,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 router = APIRouter()
+#: Azure ML's regional API hosts: clients reach them over HTTPS through the stack's proxy only.
+API_HOST_SUFFIX = ".api.azureml.ms"
 
 #: The path ``AZUREML_DISCOVERY_SERVICE_ENDPOINT`` names (Azure's is ``https://<region>.api.azureml.ms/discovery``).
 DISCOVERY_PATH = "/discovery"
@@ -25,4 +27,7 @@ SERVICES = ("api", "catalog", "experimentation", "gallery", "history", "hyperdri
 def discovery(request: Request) -> dict[str, str]:
     """``{service: base URL}`` for every Azure ML service, all this service's own base URL."""
     base = str(request.base_url).rstrip("/")
+    host = request.url.hostname or ""
+    if host.endswith(API_HOST_SUFFIX):  # reached through the stack's proxy, which took it out of TLS
+        base = f"https://{host}"
     return {name: base for name in SERVICES}

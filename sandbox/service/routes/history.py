@@ -6,29 +6,52 @@ Routes (``{ws}`` = the workspace scope; docs/design/run-history-routes.md sectio
   run (``RunDto``); a PATCH merges ``tags`` (a null value is a tag without a value) and adds
   ``properties`` (immutable once set: 409). A PATCH naming a run that does not exist, with a
   ``parentRunId`` in the caller's tree, creates that child run (``run.child_run()``).
-* ``GET .../runs/{runId}/details``: ``RunDetailsDto`` with ``logFiles`` (``get_details()``).
+* ``GET .../runs/{runId}/details``: ``RunDetailsDto`` with ``logFiles``, a read URL (SAS) for each of the
+  run's files under ``azureml-logs/`` and ``logs/`` (the first :data:`~sandbox.service.routes.artifacts.PAGE_SIZE`
+  of each); ``get_details()`` adds ``user_logs/`` and ``system_logs/`` itself.
 * ``POST .../runs/{runId}/events``: ``Microsoft.MachineLearning.Run.<Start|Completed|Failed|Canceled|Error|...>``:
   a child run's status; a submitted run's status stays the executor's (its ``fail()`` posts Error only).
+  At most ``store.MAX_RUN_EVENTS`` per run (409 past that, but for the event that starts or ends a child run).
 * ``GET .../runs/{runId}/children``, ``GET .../runs/{runId}/token`` (refresh), ``GET {ws}/experiments/{name}``
   and ``{ws}/experimentids/{id}``.
 
 Every route needs a run token (401 without one) and acts only on the token's run and the runs of its
-tree (403 otherwise, before anything changes). Not implemented: run deletion, ``runs:query``, ``batch/runs``,
+tree (403 otherwise, before anything changes); a PATCH or an event is refused (403) once the token's root
+run has finished (``common.write_claims``). A root run has at most ``store.MAX_CHILD_RUNS`` child runs
+(409 past that); ``.../children`` answers :data:`CHILDREN_PAGE` of them per page (``$top``,
+``$continuationToken``). Not implemented: run deletion, ``runs:query``, ``batch/runs``,
 tag deletion, ``runcounts``; and a run token cannot create a run outside its own tree.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 
 from sandbox.run_definition import EXPERIMENT_NAME, RUN_ID
+from sandbox.service.routes.artifacts import read_urls
 from sandbox.service.routes.bodies import SMALL_BODY, read_json_object
-from sandbox.service.routes.common import WORKSPACE_SCOPE, AzureError, require_scope, run_claims, services
+from sandbox.service.routes.common import (
+    WORKSPACE_SCOPE,
+    AzureError,
+    WriteClaims,
+    require_scope,
+    run_claims,
+    services,
+)
 from sandbox.service.run_token import LIFETIME_SECONDS, RunClaims
-from sandbox.service.store import PropertyConflictError, RunNotFoundError, RunRecord
+from sandbox.service.store import (
+    MAX_ERROR_CODE,
+    MAX_ERROR_MESSAGE,
+    ChildRunLimitError,
+    PropertyConflictError,
+    RunEventLimitError,
+    RunNotFoundError,
+    RunRecord,
+)
 from sandbox.service.store import experiment_id as id_of_experiment
 
 router = APIRouter()
@@ -39,8 +62,11 @@ BY_ID = HISTORY + "/experimentids/{experiment_id}/runs/{run_id}"
 EVENT_PREFIX = "Microsoft.MachineLearning.Run."
 #: What a submitted run's RunDto says it is (``Run.type``); child runs made by ``child_run()`` have none.
 SCRIPT_RUN_TYPE = "azureml.scriptrun"
-#: An error message a run posts is kept up to this many characters.
-MAX_ERROR_MESSAGE = 32 * 1024
+#: The run's files ``logFiles`` lists (Azure's run history lists its log folders; azureml-core adds
+#: ``user_logs/`` and ``system_logs/`` from the artifact routes).
+LOG_PREFIXES = ("azureml-logs/", "logs/")
+#: Child runs per page of ``.../children`` (``$top`` asks for fewer, never more).
+CHILDREN_PAGE = 500
 #: The checked run token of the request (401 without one).
 Claims = Annotated[RunClaims, Depends(run_claims)]
 
@@ -111,8 +137,9 @@ def run_dto(record: RunRecord) -> dict[str, Any]:
     }
 
 
-def run_details(record: RunRecord) -> dict[str, Any]:
-    """``RunDetailsDto``: ``get_details()`` updates ``logFiles`` in place, so it is always present."""
+def run_details(record: RunRecord, log_files: dict[str, str] | None = None) -> dict[str, Any]:
+    """``RunDetailsDto``: ``get_details()`` updates ``logFiles`` (file name -> read URL) in place, so it is
+    always a dict."""
     definition = record.definition or {}
     environment = definition.get("environment") if isinstance(definition.get("environment"), dict) else {}
     run_definition: dict[str, Any] = {}
@@ -124,7 +151,15 @@ def run_details(record: RunRecord) -> dict[str, Any]:
     return {"runId": record.run_id, "target": record.target, "status": str(record.status),
             "startTimeUtc": _iso(record.started), "endTimeUtc": _iso(record.ended), "error": _error(record),
             "warnings": [], "services": {}, "properties": _strings(record.properties, keep_none=False),
-            "runDefinition": run_definition, "logFiles": {}}
+            "runDefinition": run_definition, "logFiles": dict(log_files or {})}
+
+
+def log_files(request: Request, run_id: str) -> dict[str, str]:
+    """Read URLs of the run's files under :data:`LOG_PREFIXES`, by name (one listing page of each)."""
+    files: dict[str, str] = {}
+    for prefix in LOG_PREFIXES:
+        files.update(read_urls(request, run_id, prefix))
+    return files
 
 
 # -- runs ---------------------------------------------------------------------------------------
@@ -143,13 +178,13 @@ def get_run_by_id(request: Request, experiment_id: str, run_id: str,
 
 @router.patch(BY_NAME)
 async def patch_run_by_name(request: Request, experiment_name: str, run_id: str,
-                            claims: Claims) -> dict[str, Any]:
+                            claims: WriteClaims) -> dict[str, Any]:
     return await _patch(request, claims, run_id, experiment_name=experiment_name)
 
 
 @router.patch(BY_ID)
 async def patch_run_by_id(request: Request, experiment_id: str, run_id: str,
-                          claims: Claims) -> dict[str, Any]:
+                          claims: WriteClaims) -> dict[str, Any]:
     return await _patch(request, claims, run_id, experiment_uuid=experiment_id)
 
 
@@ -197,6 +232,8 @@ async def _create_child(request: Request, claims: RunClaims, run_id: str, body: 
         record = services(request).store.create_child_run(
             run_id, parent.run_id, name=name, target=body.get("target"), tags=body.get("tags") or {},
             properties=body.get("properties") or {})
+    except ChildRunLimitError as exc:
+        raise AzureError(409, "Conflict", f"Cannot create child run {run_id[:80]!r}: {exc}.") from None
     except ValueError as exc:
         raise AzureError(400, "BadRequest", f"Cannot create child run {run_id[:80]!r}: {exc}") from None
     return run_dto(record)
@@ -205,18 +242,20 @@ async def _create_child(request: Request, claims: RunClaims, run_id: str, body: 
 @router.get(BY_NAME + "/details")
 def details_by_name(request: Request, experiment_name: str, run_id: str,
                     claims: Claims) -> dict[str, Any]:
-    return run_details(authorized_run(request, claims, run_id, experiment_name=experiment_name))
+    record = authorized_run(request, claims, run_id, experiment_name=experiment_name)
+    return run_details(record, log_files(request, record.run_id))
 
 
 @router.get(BY_ID + "/details")
 def details_by_id(request: Request, experiment_id: str, run_id: str,
                   claims: Claims) -> dict[str, Any]:
-    return run_details(authorized_run(request, claims, run_id, experiment_uuid=experiment_id))
+    record = authorized_run(request, claims, run_id, experiment_uuid=experiment_id)
+    return run_details(record, log_files(request, record.run_id))
 
 
 @router.post(BY_NAME + "/events")
 async def post_event(request: Request, experiment_name: str, run_id: str,
-                     claims: Claims) -> dict[str, Any]:
+                     claims: WriteClaims) -> dict[str, Any]:
     """``BaseEventDto`` ``{timestamp, name, data}``: answered 200 with an empty object."""
     authorized_run(request, claims, run_id, experiment_name=experiment_name)
     body = await read_json_object(request, SMALL_BODY, "a run event (BaseEventDto)")
@@ -231,30 +270,50 @@ async def post_event(request: Request, experiment_name: str, run_id: str,
     response = data.get("ErrorResponse")
     error = response.get("error") if isinstance(response, dict) else None
     if isinstance(error, dict):
-        error = {"code": str(error.get("code") or "UserError")[:255],
+        error = {"code": str(error.get("code") or "UserError")[:MAX_ERROR_CODE],
                  "message": str(error.get("message") or "")[:MAX_ERROR_MESSAGE]}
     elif error is not None:
         error = {"code": "UserError", "message": str(error)[:MAX_ERROR_MESSAGE]}
     try:
         services(request).store.post_event(run_id, name[len(EVENT_PREFIX):], error=error)
+    except RunEventLimitError as exc:
+        raise AzureError(409, "Conflict", f"Cannot record event {name[:120]!r}: {exc}.") from None
     except ValueError as exc:
         raise AzureError(400, "BadRequest", str(exc)) from None
     return {}
 
 
+_COUNT = re.compile(r"[0-9]{1,9}", re.ASCII)
+Top = Annotated[str | None, Query(alias="$top")]
+Continuation = Annotated[str | None, Query(alias="$continuationToken")]
+
+
 @router.get(BY_NAME + "/children")
-def children_by_name(request: Request, experiment_name: str, run_id: str,
-                     claims: Claims) -> dict[str, Any]:
-    """``PaginatedRunDto`` of the run's direct children (``run.get_children()``), one page."""
+def children_by_name(request: Request, experiment_name: str, run_id: str, claims: Claims, top: Top = None,
+                     continuation: Continuation = None) -> dict[str, Any]:
+    """``PaginatedRunDto`` of the run's direct children (``run.get_children()``), oldest first, paged."""
     record = authorized_run(request, claims, run_id, experiment_name=experiment_name)
-    return {"value": [run_dto(child) for child in record.children], "continuationToken": None, "nextLink": None}
+    return _children(request, record, top, continuation)
 
 
 @router.get(BY_ID + "/children")
-def children_by_id(request: Request, experiment_id: str, run_id: str,
-                   claims: Claims) -> dict[str, Any]:
+def children_by_id(request: Request, experiment_id: str, run_id: str, claims: Claims, top: Top = None,
+                   continuation: Continuation = None) -> dict[str, Any]:
     record = authorized_run(request, claims, run_id, experiment_uuid=experiment_id)
-    return {"value": [run_dto(child) for child in record.children], "continuationToken": None, "nextLink": None}
+    return _children(request, record, top, continuation)
+
+
+def _children(request: Request, record: RunRecord, top: str | None, continuation: str | None) -> dict[str, Any]:
+    """One page of at most ``$top`` (and :data:`CHILDREN_PAGE`) children; the continuation token is the offset."""
+    if top is not None and not (_COUNT.fullmatch(top) and int(top) > 0):
+        raise AzureError(400, "BadRequest", f"$top={top[:20]!r} must be a whole number above 0.")
+    if continuation is not None and not _COUNT.fullmatch(continuation):
+        raise AzureError(400, "BadRequest", f"$continuationToken={continuation[:40]!r} is not one this service "
+                                            "handed out; list the child runs again without it.")
+    offset, size = int(continuation or 0), min(int(top or CHILDREN_PAGE), CHILDREN_PAGE)
+    page = services(request).store.get_children(record.run_id, limit=size + 1, offset=offset)
+    token = str(offset + size) if len(page) > size else None
+    return {"value": [run_dto(child) for child in page[:size]], "continuationToken": token, "nextLink": None}
 
 
 @router.get(BY_NAME + "/token")

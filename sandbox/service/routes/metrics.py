@@ -4,7 +4,8 @@
   type (``azureml.v1.scalar`` -> scalar, ``azureml.v1.list`` -> one list element, ``azureml.v1.table`` (and
   ``row``) -> one row, ``azureml.v1.image``/``azureml.v2.image`` -> image), checked by
   ``sandbox.service.records`` (bounded, NaN/inf as Azure); a bad value is skipped and answered in
-  ``errors`` (azureml-core logs a warning), the good ones are stored in one transaction.
+  ``errors`` (azureml-core logs a warning), the good ones are stored in one transaction. Refused (403)
+  once the token's root run has finished (``common.write_claims``).
 * ``POST {ws}/runs/{runId}/list`` and ``/full``: the names, then every value of one name
   (``MetricV2Dto``), from which azureml-core's ``get_metrics()`` builds its shapes itself (one value: a
   scalar; several: a list; table rows: ``{column: value}`` or ``{column: [values]}``).
@@ -27,7 +28,7 @@ from fastapi import APIRouter, Depends, Request
 
 from sandbox.service.records import Metric, RejectedRecord, present
 from sandbox.service.routes.bodies import SMALL_BODY, read_json_object
-from sandbox.service.routes.common import WORKSPACE_SCOPE, AzureError, run_claims, services
+from sandbox.service.routes.common import WORKSPACE_SCOPE, AzureError, WriteClaims, run_claims, services
 from sandbox.service.routes.history import BY_ID, BY_NAME, authorized_run
 from sandbox.service.run_token import RunClaims
 
@@ -54,7 +55,7 @@ _IDS = uuid.UUID("0b8e4a52-7f43-4d0e-9f0e-2f1f0d6b9a27")
 # -- batch ---------------------------------------------------------------------------------------
 
 @router.post(METRICS + "/batch")
-async def post_batch(request: Request, run_id: str, claims: Claims) -> dict[str, Any]:
+async def post_batch(request: Request, run_id: str, claims: WriteClaims) -> dict[str, Any]:
     """Store a ``BatchMetricV2Dto``; answer ``PostRunMetricsResultDto`` (``errors`` lists what was skipped)."""
     authorized_run(request, claims, run_id)
     body = await read_json_object(request, MAX_BATCH_BYTES, "a metrics batch (BatchMetricV2Dto)", non_finite=True)

@@ -22,7 +22,15 @@ from starlette.concurrency import run_in_threadpool
 
 from sandbox.local_runner import ARTIFACT_CONTAINER, artifact_prefix
 from sandbox.service.routes.common import services
-from sandbox.service.routes.mlflow.wire import ARTIFACTS_ROOT, Claims, MlflowError, MlflowRoute, bad, scoped_run
+from sandbox.service.routes.mlflow.wire import (
+    ARTIFACTS_ROOT,
+    Claims,
+    MlflowError,
+    MlflowRoute,
+    WriteClaims,
+    bad,
+    scoped_run,
+)
 from sandbox.storage import Transfer
 
 router = APIRouter(route_class=MlflowRoute)
@@ -47,7 +55,7 @@ def artifact_path(path: str) -> str:
 
 @router.put(RUN_FILES)
 async def put_artifact(request: Request, run_id: str, path: str,
-                       claims: Claims) -> dict[str, Any]:
+                       claims: WriteClaims) -> dict[str, Any]:
     record = await run_in_threadpool(scoped_run, request, claims, run_id)
     name = artifact_path(path)
     declared = request.headers.get("content-length", "")

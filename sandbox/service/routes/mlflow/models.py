@@ -25,10 +25,13 @@ from sandbox.service.routes.mlflow.wire import (
     ARTIFACT_URI,
     MAX_BATCH_PARAMS,
     MAX_BATCH_TAGS,
+    MAX_PARAM_VALUE,
+    MAX_TAG_VALUE,
     Body,
     Claims,
     MlflowError,
     MlflowRoute,
+    WriteClaims,
     bad,
     key_values,
     scoped_run,
@@ -42,6 +45,8 @@ MODEL_STATUSES = frozenset({"LOGGED_MODEL_PENDING", "LOGGED_MODEL_READY", "LOGGE
 #: A model's name becomes a folder of its run's files: one plain path segment.
 MODEL_NAME = re.compile(r"[A-Za-z0-9][\w\-.]{0,127}", re.ASCII)
 MODEL_ID = re.compile(r"m-[0-9a-f]{32}", re.ASCII)
+#: Tags, and params, one logged model may have.
+MAX_MODEL_ENTRIES = 1000
 
 
 def _model(request: Request, claims: RunClaims, model_id: str) -> LoggedModel:
@@ -55,7 +60,7 @@ def _model(request: Request, claims: RunClaims, model_id: str) -> LoggedModel:
 
 @router.post(MODELS)
 def create_logged_model(request: Request, body: Body,
-                        claims: Claims) -> dict[str, Any]:
+                        claims: WriteClaims) -> dict[str, Any]:
     run = scoped_run(request, claims, text(body, "source_run_id", limit=255, required=False) or claims.run_id)
     wanted = body.get("experiment_id")
     if wanted not in (None, "", run.experiment_id):
@@ -70,8 +75,8 @@ def create_logged_model(request: Request, body: Body,
         model_id=f"m-{uuid.uuid4().hex}", experiment_id=run.experiment_id, name=name, source_run_id=run.run_id,
         artifact_uri=f"{ARTIFACT_URI.format(run_id=run.run_id)}/{name}", created_ms=created, updated_ms=created,
         model_type=text(body, "model_type", limit=255, required=False),
-        tags=dict(key_values(body.get("tags"), "tags", MAX_BATCH_TAGS)),
-        params=dict(key_values(body.get("params"), "params", MAX_BATCH_PARAMS)))
+        tags=dict(key_values(body.get("tags"), "tags", MAX_BATCH_TAGS, value_limit=MAX_TAG_VALUE)),
+        params=dict(key_values(body.get("params"), "params", MAX_BATCH_PARAMS, value_limit=MAX_PARAM_VALUE)))
     mlflow_state(request).add_model(model)
     return {"model": model.to_dict()}
 
@@ -100,7 +105,7 @@ def get_logged_model(request: Request, model_id: str, claims: Claims) -> dict[st
 
 @router.patch(MODELS + "/{model_id}")
 def finalize_logged_model(request: Request, model_id: str, body: Body,
-                          claims: Claims) -> dict[str, Any]:
+                          claims: WriteClaims) -> dict[str, Any]:
     model = _model(request, claims, model_id)
     status = body.get("status")
     if status not in MODEL_STATUSES:
@@ -112,24 +117,28 @@ def finalize_logged_model(request: Request, model_id: str, body: Body,
 
 @router.patch(MODELS + "/{model_id}/tags")
 def set_logged_model_tags(request: Request, model_id: str, body: Body,
-                          claims: Claims) -> dict[str, Any]:
+                          claims: WriteClaims) -> dict[str, Any]:
     model = _model(request, claims, model_id)
-    tags = key_values(body.get("tags"), "tags", MAX_BATCH_TAGS)
-    with mlflow_state(request).lock:
-        if len({**model.tags, **dict(tags)}) > 1000:
-            raise bad("A logged model may have at most 1000 tags.")
+    tags = key_values(body.get("tags"), "tags", MAX_BATCH_TAGS, value_limit=MAX_TAG_VALUE)
+    state = mlflow_state(request)
+    with state.lock:
+        if len({**model.tags, **dict(tags)}) > MAX_MODEL_ENTRIES:
+            raise bad(f"A logged model may have at most {MAX_MODEL_ENTRIES} tags.")
         model.tags.update(tags)
         model.updated_ms = now_ms()
+        state.add_model(model)  # counted again: the state stays within its bytes
     return {}
 
 
 @router.post(MODELS + "/{model_id}/params")
 def log_logged_model_params(request: Request, model_id: str, body: Body,
-                            claims: Claims) -> dict[str, Any]:
+                            claims: WriteClaims) -> dict[str, Any]:
     model = _model(request, claims, model_id)
-    params = key_values(body.get("params"), "params", MAX_BATCH_PARAMS)
-    with mlflow_state(request).lock:
-        if len({**model.params, **dict(params)}) > 1000:
-            raise bad("A logged model may have at most 1000 params.")
+    params = key_values(body.get("params"), "params", MAX_BATCH_PARAMS, value_limit=MAX_PARAM_VALUE)
+    state = mlflow_state(request)
+    with state.lock:
+        if len({**model.params, **dict(params)}) > MAX_MODEL_ENTRIES:
+            raise bad(f"A logged model may have at most {MAX_MODEL_ENTRIES} params.")
         model.params.update(params)
+        state.add_model(model)  # counted again: the state stays within its bytes
     return {}

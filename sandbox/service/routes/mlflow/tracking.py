@@ -25,6 +25,7 @@ from typing import Any
 
 from fastapi import APIRouter, Query, Request
 
+from sandbox.service.records import present
 from sandbox.service.routes.common import services
 from sandbox.service.routes.mlflow.state import mlflow_state
 from sandbox.service.routes.mlflow.wire import (
@@ -32,11 +33,14 @@ from sandbox.service.routes.mlflow.wire import (
     MAX_BATCH_PARAMS,
     MAX_BATCH_TAGS,
     MAX_BATCH_TOTAL,
+    MAX_PARAM_VALUE,
+    MAX_TAG_VALUE,
     MLFLOW_STATUSES,
     Body,
     Claims,
     MlflowError,
     MlflowRoute,
+    WriteClaims,
     bad,
     experiment_object,
     int64,
@@ -47,9 +51,13 @@ from sandbox.service.routes.mlflow.wire import (
     scoped_run,
     text,
 )
-from sandbox.service.run_record import RunRecord, experiment_id
+from sandbox.service.run_record import ChildRunLimitError, RunEventLimitError, RunRecord, experiment_id
 
 router = APIRouter(route_class=MlflowRoute)
+#: The root azureml-mlflow builds for MLflow 2 and 3 clients (plain MLflow uses the tracking URI it is given).
+AZUREML_MLFLOW_ROOT = "/mlflow/v2.0/"
+#: Values per page of a metric's history (MLflow's own server default is 25,000).
+HISTORY_PAGE = 25_000
 API = "/api/2.0/mlflow"
 #: ``runs/update`` status -> the run event that gives a child run that status.
 _CHILD_EVENTS = {"RUNNING": "Start", "FINISHED": "Completed", "FAILED": "Failed", "KILLED": "Canceled"}
@@ -61,7 +69,18 @@ def _answer_run(request: Request, record: RunRecord) -> dict[str, Any]:
     # What end_run() sent for the executor's run, until the executor ends it; a child run's status is its own.
     recorded = state.status(record.run_id) if record.parent_run_id is None and not record.status.is_terminal \
         else None
-    return run_object(record, store.get_metrics(record.run_id), state.params_of(record.run_id), recorded)
+    answer = run_object(record, store.get_metrics(record.run_id), state.params_of(record.run_id), recorded)
+    if request.url.path.startswith(AZUREML_MLFLOW_ROOT):
+        answer["info"]["artifact_uri"] = azureml_artifact_uri(request, record)
+    return answer
+
+
+def azureml_artifact_uri(request: Request, record: RunRecord) -> str:
+    """What Azure answers azureml-mlflow (the ``/mlflow/v2.0`` root): ``azureml://<host>/mlflow/v2.0/<workspace>/
+    experiments/<name>/runs/<id>/artifacts``, which its artifact repository sends to run history's artifact
+    routes (``routes/run_artifacts.py``). Plain MLflow gets ``mlflow-artifacts:`` URIs, which it understands."""
+    root = request.url.path[:request.url.path.index("/api/2.0/")]
+    return f"azureml://{request.url.netloc}{root}/experiments/{record.experiment}/runs/{record.run_id}/artifacts"
 
 
 @router.get(API + "/runs/get")
@@ -71,9 +90,31 @@ def get_run(request: Request, claims: Claims, run_id: str | None = Query(None, m
     return {"run": _answer_run(request, record)}
 
 
+@router.get(API + "/metrics/get-history")
+def metric_history(request: Request, claims: Claims, metric_key: str = Query(..., min_length=1, max_length=250),
+                   run_id: str | None = Query(None, max_length=255), run_uuid: str | None = Query(None, max_length=255),
+                   max_results: int = Query(HISTORY_PAGE, ge=1, le=HISTORY_PAGE),
+                   page_token: str | None = Query(None, max_length=20)) -> dict[str, Any]:
+    """Every scalar value of one metric, oldest first (autolog reads it inside a run it did not start), paged."""
+    record = scoped_run(request, claims, run_id or run_uuid or "")
+    try:
+        start = int(page_token or 0)
+    except ValueError:
+        raise bad(f"page_token={page_token!r} is not one this service gave; start again without it.") from None
+    values = [m for m in services(request).store.get_metrics(record.run_id, metric_key)
+              if m.type == "scalar" and isinstance(m.value, int | float) and not isinstance(m.value, bool)]
+    page = values[start:start + max_results]
+    answer: dict[str, Any] = {"metrics": [
+        {"key": m.name, "value": present(float(m.value)), "timestamp": int(m.time * 1000), "step": m.step or 0}
+        for m in page]}
+    if start + max_results < len(values):
+        answer["next_page_token"] = str(start + max_results)
+    return answer
+
+
 @router.post(API + "/runs/update")
 def update_run(request: Request, body: Body,
-               claims: Claims) -> dict[str, Any]:
+               claims: WriteClaims) -> dict[str, Any]:
     record = scoped_run(request, claims, run_id_of(body))
     status = body.get("status")
     if status is not None and status not in MLFLOW_STATUSES:
@@ -87,14 +128,17 @@ def update_run(request: Request, body: Body,
         if record.parent_run_id is None:  # the executor's run: it alone sets the Azure ML status
             mlflow_state(request).record_status(record.run_id, status, end_time)
         elif status in _CHILD_EVENTS and not (status == "RUNNING" and record.started is not None):
-            store.post_event(record.run_id, _CHILD_EVENTS[status])
+            try:
+                store.post_event(record.run_id, _CHILD_EVENTS[status])
+            except RunEventLimitError as exc:
+                raise MlflowError(409, "RESOURCE_CONFLICT", f"Cannot change the run's status: {exc}.") from None
     return {"run_info": _answer_run(request, record)["info"]}
 
 
 @router.post(API + "/runs/create")
 def create_run(request: Request, body: Body,
-               claims: Claims) -> dict[str, Any]:
-    tags = dict(key_values(body.get("tags"), "tags", MAX_BATCH_TAGS))
+               claims: WriteClaims) -> dict[str, Any]:
+    tags = dict(key_values(body.get("tags"), "tags", MAX_BATCH_TAGS, value_limit=MAX_TAG_VALUE))
     parent = scoped_run(request, claims, tags.get("mlflow.parentRunId") or claims.run_id)
     wanted = body.get("experiment_id")
     if wanted not in (None, "", parent.experiment_id):
@@ -105,6 +149,8 @@ def create_run(request: Request, body: Body,
     store = services(request).store
     try:
         child = store.create_child_run(str(uuid.uuid4()), parent.run_id, name=name, tags=tags or None)
+    except ChildRunLimitError as exc:
+        raise MlflowError(409, "RESOURCE_CONFLICT", f"Cannot create a nested run: {exc}.") from None
     except ValueError as exc:
         raise bad(str(exc)) from None
     store.post_event(child.run_id, "Start")
@@ -113,7 +159,7 @@ def create_run(request: Request, body: Body,
 
 @router.post(API + "/runs/log-metric")
 def log_metric(request: Request, body: Body,
-               claims: Claims) -> dict[str, Any]:
+               claims: WriteClaims) -> dict[str, Any]:
     record = scoped_run(request, claims, run_id_of(body))
     _add_metrics(request, record, [metric_record(body, "metric")])
     return {}
@@ -121,9 +167,9 @@ def log_metric(request: Request, body: Body,
 
 @router.post(API + "/runs/log-parameter")
 def log_parameter(request: Request, body: Body,
-                  claims: Claims) -> dict[str, Any]:
+                  claims: WriteClaims) -> dict[str, Any]:
     record = scoped_run(request, claims, run_id_of(body))
-    (key, value), = key_values([body], "param", 1)
+    (key, value), = key_values([body], "param", 1, value_limit=MAX_PARAM_VALUE)
     _set_tags(request, record, {key: value})
     mlflow_state(request).add_params(record.run_id, [key])
     return {}
@@ -131,16 +177,16 @@ def log_parameter(request: Request, body: Body,
 
 @router.post(API + "/runs/set-tag")
 def set_tag(request: Request, body: Body,
-            claims: Claims) -> dict[str, Any]:
+            claims: WriteClaims) -> dict[str, Any]:
     record = scoped_run(request, claims, run_id_of(body))
-    (key, value), = key_values([body], "tag", 1)
+    (key, value), = key_values([body], "tag", 1, value_limit=MAX_TAG_VALUE)
     _set_tags(request, record, {key: value})
     return {}
 
 
 @router.post(API + "/runs/delete-tag")
 def delete_tag(request: Request, body: Body,
-               claims: Claims) -> dict[str, Any]:
+               claims: WriteClaims) -> dict[str, Any]:
     record = scoped_run(request, claims, run_id_of(body))
     key = str(text(body, "key"))
     if key not in record.tags:
@@ -151,16 +197,16 @@ def delete_tag(request: Request, body: Body,
 
 @router.post(API + "/runs/log-batch")
 def log_batch(request: Request, body: Body,
-              claims: Claims) -> dict[str, Any]:
+              claims: WriteClaims) -> dict[str, Any]:
     record = scoped_run(request, claims, run_id_of(body))
     metrics = body.get("metrics") or []
     if not isinstance(metrics, list) or len(metrics) > MAX_BATCH_METRICS:
         raise bad(f"metrics must be a list of at most {MAX_BATCH_METRICS} metrics (MLflow's limit per batch).")
-    params = key_values(body.get("params"), "params", MAX_BATCH_PARAMS)
-    tags = key_values(body.get("tags"), "tags", MAX_BATCH_TAGS)
+    params = key_values(body.get("params"), "params", MAX_BATCH_PARAMS, value_limit=MAX_PARAM_VALUE)
+    tags = key_values(body.get("tags"), "tags", MAX_BATCH_TAGS, value_limit=MAX_TAG_VALUE)
     if len(metrics) + len(params) + len(tags) > MAX_BATCH_TOTAL:
         raise bad(f"A batch may hold at most {MAX_BATCH_TOTAL} metrics, params and tags in all (MLflow's limit).")
-    records = [metric_record(m, f"metrics[{i}]") for i, m in enumerate(metrics)]
+    records = _new_values(request, record, [metric_record(m, f"metrics[{i}]") for i, m in enumerate(metrics)])
     if params or tags:
         _set_tags(request, record, {**dict(params), **dict(tags)})
         mlflow_state(request).add_params(record.run_id, [k for k, _ in params])
@@ -168,9 +214,26 @@ def log_batch(request: Request, body: Body,
     return {}
 
 
+def _new_values(request: Request, record: RunRecord, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``records`` without those the run already has (same key, value, timestamp and step), as MLflow's store
+    ignores them: MLflow 3 logs a run's metrics again, with a ``model_id``, when a model is logged to the run."""
+    store = services(request).store
+    seen: set[tuple[str, Any, float, int | None]] = set()
+    for name in {r["name"] for r in records}:
+        seen.update((m.name, m.value, round(m.time, 3), m.step or 0) for m in store.get_metrics(record.run_id, name)
+                    if m.type == "scalar")
+    fresh = []
+    for item in records:
+        key = (item["name"], item["value"], round(item["time"], 3), item["step"] or 0)
+        if key not in seen:
+            seen.add(key)
+            fresh.append(item)
+    return fresh
+
+
 @router.post(API + "/runs/log-inputs")
 def log_inputs(request: Request, body: Body,
-               claims: Claims) -> dict[str, Any]:
+               claims: WriteClaims) -> dict[str, Any]:
     """Accepted and not stored (Azure ML v1 runs have no dataset inputs of MLflow's kind)."""
     scoped_run(request, claims, run_id_of(body))
     return {}
@@ -178,7 +241,7 @@ def log_inputs(request: Request, body: Body,
 
 @router.post(API + "/runs/outputs")
 def log_outputs(request: Request, body: Body,
-                claims: Claims) -> dict[str, Any]:
+                claims: WriteClaims) -> dict[str, Any]:
     """Accepted; the models named are the logged models autolog made (``logged-models``), not stored again."""
     scoped_run(request, claims, run_id_of(body))
     return {}

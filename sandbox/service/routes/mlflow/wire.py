@@ -23,7 +23,14 @@ from starlette.responses import Response
 
 from sandbox.run_definition import RUN_ID, RunStatus
 from sandbox.service.records import INT64, present
-from sandbox.service.routes.common import WORKSPACE_SCOPE, AzureError, require_scope, run_claims, services
+from sandbox.service.routes.common import (
+    WORKSPACE_SCOPE,
+    AzureError,
+    require_scope,
+    run_claims,
+    services,
+    write_claims,
+)
 from sandbox.service.run_record import RunNotFoundError, RunRecord
 from sandbox.service.run_token import RunClaims
 
@@ -39,7 +46,11 @@ ARTIFACT_URI = "mlflow-artifacts:/ExperimentRun/dcid.{run_id}"
 MAX_BODY_BYTES = 1024 * 1024
 #: MLflow's own limits for one ``runs/log-batch`` (``mlflow.utils.validation``).
 MAX_BATCH_METRICS, MAX_BATCH_PARAMS, MAX_BATCH_TAGS, MAX_BATCH_TOTAL = 1000, 100, 100, 1000
+#: MLflow's own length limits (``mlflow.utils.validation``: ``MAX_ENTITY_KEY_LENGTH``, ``MAX_PARAM_VAL_LENGTH``,
+#: ``MAX_TAG_VAL_LENGTH``) for metric, param and tag keys (and run names), param values and tag values.
 MAX_KEY = 250
+MAX_PARAM_VALUE = 6000
+MAX_TAG_VALUE = 8000
 
 _CODES = {400: "INVALID_PARAMETER_VALUE", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
           404: "RESOURCE_DOES_NOT_EXIST", 409: "RESOURCE_ALREADY_EXISTS", 413: "INVALID_PARAMETER_VALUE",
@@ -109,6 +120,8 @@ async def json_body(request: Request) -> dict[str, Any]:
 #: A handler's checked run token and its JSON body (FastAPI dependencies).
 Claims = Annotated[RunClaims, Depends(run_claims)]
 Body = Annotated[dict[str, Any], Depends(json_body)]
+#: The run token of a handler that writes: refused (403 PERMISSION_DENIED) once the token's root run has finished.
+WriteClaims = Annotated[RunClaims, Depends(write_claims)]
 
 
 # -- fields ---------------------------------------------------------------------------------------
@@ -157,8 +170,12 @@ def run_id_of(body: dict[str, Any]) -> str:
     return run_id
 
 
-def key_values(items: Any, field: str, limit: int) -> list[tuple[str, str]]:
-    """``[{"key", "value"}, ...]`` (params or tags) as pairs; values as MLflow sends them, strings."""
+def key_values(items: Any, field: str, limit: int, *, value_limit: int) -> list[tuple[str, str]]:
+    """``[{"key", "value"}, ...]`` (params or tags) as pairs; values as MLflow sends them, strings.
+
+    Keys of at most :data:`MAX_KEY` characters, values of at most ``value_limit`` (:data:`MAX_PARAM_VALUE`
+    or :data:`MAX_TAG_VALUE`, MLflow's own): 400 ``INVALID_PARAMETER_VALUE`` naming the key otherwise.
+    """
     if items is None:
         return []
     if not isinstance(items, list) or len(items) > limit:
@@ -167,8 +184,17 @@ def key_values(items: Any, field: str, limit: int) -> list[tuple[str, str]]:
     for position, item in enumerate(items):
         if not isinstance(item, dict):
             raise bad(f"{field}[{position}]={_show(item)} must be an object with key and value.")
+        key = item.get("key")
+        if isinstance(key, str) and len(key) > MAX_KEY:
+            raise bad(f"'{field}[{position}].key' {_show(key)} is {len(key)} characters: it exceeds the maximum "
+                      f"length of {MAX_KEY} characters (MLflow's limit for a key); use a shorter key.")
         value = item.get("value", "")
-        pairs.append((str(text(item, "key")), value if isinstance(value, str) else json.dumps(value)))
+        value = value if isinstance(value, str) else json.dumps(value)
+        if len(value) > value_limit:
+            raise bad(f"'{field}[{position}].value' of key {_show(key)} is {len(value)} characters: it exceeds the "
+                      f"maximum length of {value_limit} characters (MLflow's limit); log longer text as an "
+                      "artifact (mlflow.log_text).")
+        pairs.append((str(text(item, "key")), value))
     return pairs
 
 
