@@ -278,8 +278,17 @@ class ImageBuilder:
             progress.output(f"warning: {warning}")
             if not self.quiet:
                 console.warn(warning)
+        requirements, relaxed = self.installable(recipe)
+        for note in (*recipe.build_notes, *relaxed):
+            progress.output(f"note: {note}")
+        summary = recipe.build_summary if not relaxed else (
+            f"{len(relaxed)} pinned package(s) have no wheel for Python 3.11 and were relaxed "
+            f"({'; '.join(n.split(':', 1)[0] for n in relaxed[:6])}); "
+            + (recipe.build_summary or "one line each in azureml-logs/20_image_build_log.txt"))
+        if summary and not self.quiet:
+            console.warn(summary)
         progress.stage(1, total, f"downloading wheels into {self.settings.wheelhouse}")
-        self.fill_wheelhouse(recipe)
+        self.fill_wheelhouse(recipe, requirements)
         with tempfile.TemporaryDirectory(prefix=f"aml-sandbox-{recipe.name}-") as tmp:
             script = Path(tmp) / "build.sh"
             script.write_text(PYTHON_BUILD_SCRIPT, encoding="utf-8")
@@ -287,7 +296,7 @@ class ImageBuilder:
             script.chmod(0o644)
             env = {
                 "VENV": recipe.venv,
-                "REQUIREMENTS": " ".join(recipe.requirements),
+                "REQUIREMENTS": " ".join(requirements),
                 "APT_PACKAGES": " ".join(recipe.apt_packages),
                 **{_pip_variable(option): "1" for option in recipe.pip_options},
             }
@@ -334,24 +343,59 @@ class ImageBuilder:
                     pass
         return image
 
-    def fill_wheelhouse(self, recipe: PythonImageRecipe) -> None:
-        """Download the wheels of ``recipe`` for the engine's platform into the wheelhouse."""
-        wheelhouse = self.settings.wheelhouse
-        wheelhouse.mkdir(parents=True, exist_ok=True)
+    def installable(self, recipe: PythonImageRecipe) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The recipe's requirements with each pin that has no wheel for the image relaxed to the nearest one that
+        has (``pin_relaxation``), and a build log note per relaxed pin. Curated recipes are pinned to what installs.
+
+        Under ``AML_SANDBOX_STRICT_ENVIRONMENTS=1`` a pin that would be relaxed fails the build, naming each."""
+        from packaging.requirements import Requirement
+
+        from sandbox.pin_relaxation import relax_all
+
+        if recipe.constraints:
+            return recipe.requirements, ()
+        pinned = {Requirement(text).name for text in recipe.requirements if Requirement(text).specifier}
+        available = {name: self._installable_versions(name, recipe) for name in sorted(pinned)}
+        return relax_all(recipe.requirements, available)
+
+    def _installable_versions(self, name: str, recipe: PythonImageRecipe) -> list[str]:
+        """The versions of ``name`` with a wheel for the image's Python and platform (``pip index versions``)."""
+        command = [sys.executable, "-m", "pip", "index", "versions", "--json", "--disable-pip-version-check",
+                   *self._target_options(), *[o for o in recipe.pip_options if o == "--pre"], name]
+        try:
+            result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+        except subprocess.TimeoutExpired:
+            raise ImageBuildError(recipe.reference, f"listing the versions of {name} on the package index took "
+                                                    "over 120 s") from None
+        if result.returncode != 0:
+            return []  # no release has a wheel here: relax names the package
+        try:
+            return [str(v) for v in json.loads(result.stdout).get("versions", [])]
+        except (json.JSONDecodeError, AttributeError):
+            return []
+
+    def _target_options(self) -> list[str]:
+        """pip's options for wheels that run in the images: CPython 3.11 on Debian bookworm's glibc (2.36)."""
         arch = self.engine.info().get("Architecture") or platform.machine()
         arch = {"amd64": "x86_64", "arm64": "aarch64"}.get(arch, arch)
-        command = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--progress-bar", "off",
-                   "--only-binary=:all:", "--implementation", "cp", "--python-version", "3.11",
-                   "-d", str(wheelhouse)]
-        # Debian bookworm has glibc 2.36: every manylinux tag up to 2_36 runs there.
+        options = ["--only-binary=:all:", "--implementation", "cp", "--python-version", "3.11"]
         tags = [f"manylinux_2_{minor}" for minor in range(36, 4, -1)]
         tags += ["manylinux2014", "manylinux2010", "manylinux1", "linux"]
         for tag in tags:
-            command += ["--platform", f"{tag}_{arch}"]
+            options += ["--platform", f"{tag}_{arch}"]
+        return options
+
+    def fill_wheelhouse(self, recipe: PythonImageRecipe, requirements: tuple[str, ...] | None = None) -> None:
+        """Download the wheels of ``requirements`` (default: the recipe's) for the engine's platform into the
+        wheelhouse."""
+        wheelhouse = self.settings.wheelhouse
+        wheelhouse.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--progress-bar", "off",
+                   *self._target_options(), "-d", str(wheelhouse)]
         if recipe.constraints:
             command += ["-c", str(recipe.constraints)]
         command += list(recipe.pip_options)
-        command += list(recipe.requirements)
+        command += list(recipe.requirements if requirements is None else requirements)
         self.progress.output(" ".join(command))
         self._stream_process(command, recipe.reference)
 

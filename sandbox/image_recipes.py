@@ -143,6 +143,9 @@ class PythonImageRecipe(Recipe):
     pip_options: tuple[str, ...] = ()
     #: Warnings printed when the image is built (pip options left out); they do not shape the image.
     build_warnings: tuple[str, ...] = field(default=(), compare=False)
+    #: How the environment was adapted (``environment_mapping``): a build log line each, and one console line.
+    build_notes: tuple[str, ...] = field(default=(), compare=False)
+    build_summary: str | None = field(default=None, compare=False)
 
     def fingerprint(self) -> str:
         constraints = self.constraints.read_text(encoding="utf-8") if self.constraints else ""

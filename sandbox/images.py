@@ -69,6 +69,8 @@ def environment_recipe(definition: dict[str, Any]) -> PythonImageRecipe:
         environment=(("AZUREML_CONDA_ENVIRONMENT_PATH", f"/azureml-envs/azureml_{env_hash}"),),
         pip_options=install.options,
         build_warnings=install.dropped,
+        build_notes=install.notes,
+        build_summary=install.warning,
     )
 
 

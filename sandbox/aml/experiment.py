@@ -222,18 +222,13 @@ class _Submission:
 
     def _image(self, environment: dict[str, Any]) -> tuple[str, str, str | None]:
         """Resolve the environment's image on the host (build it if missing); return (image, python, log)."""
-        from sandbox import console, curated
         from sandbox.docker_engine import DockerEngine
-        from sandbox.images import IMAGE_PYTHON, ImageBuilder, environment_recipe, requested_python
+        from sandbox.images import ImageBuilder, environment_recipe
 
         engine = DockerEngine()
         python = environment.get("python") or {}
         if python.get("userManagedDependencies"):
             return self._user_managed_image(engine, environment)
-        wanted = requested_python(environment)
-        if wanted and not wanted.startswith(IMAGE_PYTHON) and curated.match(environment) is None:
-            console.warn(f"environment {environment.get('name')!r} asks for python={wanted}; the sandbox's images "
-                         f"run Python {IMAGE_PYTHON} (Debian bookworm), the packages are installed for it")
         recipe = environment_recipe(environment)
         if engine.get_image(recipe.reference) is not None:
             return recipe.reference, "python", None

@@ -35,6 +35,14 @@ def submit(folder: Path, script: str, arguments: list[Any] | None = None, *, com
     return aml.Experiment(ws, experiment or experiment_name()).submit(config)
 
 
+def submit_with(folder: Path, script: str, environment: Any, experiment: str) -> Any:
+    """Submit ``script`` from ``folder`` in ``environment`` (an ``Environment``) on cpu-cluster."""
+    ws = aml.Workspace.from_config()
+    config = aml.ScriptRunConfig(source_directory=str(folder), script=script, compute_target="cpu-cluster",
+                                 environment=environment)
+    return aml.Experiment(ws, experiment).submit(config)
+
+
 def wait_for_status(run: Any, wanted: set[str], timeout: float = 120.0) -> str:
     deadline = time.monotonic() + timeout
     status = run.get_status()

@@ -9,7 +9,7 @@ import pytest
 
 from sandbox import target
 from tests.integration.conftest import SandboxEnv
-from tests.integration.helpers import driver_log, write_script
+from tests.integration.helpers import driver_log, submit_with, write_script
 
 
 @pytest.mark.local_only
@@ -36,10 +36,7 @@ def test_an_environment_from_conda_dependencies_create_builds_with_stage_lines_a
         import numpy, six
         print("six", six.__version__, "numpy sum", numpy.ones(3).sum())
         """)
-    ws = aml.Workspace.from_config()
-    config = aml.ScriptRunConfig(source_directory=str(tmp_path / "src"), script="versions.py",
-                                 compute_target="cpu-cluster", environment=env)
-    run = aml.Experiment(ws, "conda-create").submit(config)
+    run = submit_with(tmp_path / "src", "versions.py", env, "conda-create")
     details = run.wait_for_completion(raise_on_error=False)
     assert details["status"] == "Completed", (details.get("error"), driver_log(run)[-3000:])
 

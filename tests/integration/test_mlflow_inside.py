@@ -19,7 +19,7 @@ import pytest
 from sandbox import target
 from sandbox.service.auth import read_token
 from tests.integration.conftest import SandboxEnv
-from tests.integration.helpers import driver_log, write_script
+from tests.integration.helpers import driver_log, submit_with, write_script
 
 #: The dev dependencies' pins (requirements.lock): the wheelhouse fetches them for the image.
 PACKAGES = ["mlflow-skinny==3.17.2", "scikit-learn==1.9.1", "pandas==3.1.1"]
@@ -58,10 +58,7 @@ def test_mlflow_and_autolog_inside_a_run_without_azureml_core_land_in_the_run(
     env = aml.Environment(f"mlflow-only-{os.getpid()}")
     env.python.conda_dependencies = CondaDependencies.create(pip_packages=PACKAGES)  # no azureml package at all
     write_script(tmp_path / "src", "train.py", TRAIN)
-    ws = aml.Workspace.from_config()
-    config = aml.ScriptRunConfig(source_directory=str(tmp_path / "src"), script="train.py",
-                                 compute_target="cpu-cluster", environment=env)
-    run = aml.Experiment(ws, "mlflow-inside").submit(config)
+    run = submit_with(tmp_path / "src", "train.py", env, "mlflow-inside")
     details = run.wait_for_completion(raise_on_error=False)
     log = driver_log(run)
     assert details["status"] == "Completed", (details.get("error"), log[-3000:])
@@ -111,10 +108,7 @@ def test_an_environment_with_azureml_mlflow_logs_through_its_azureml_tracking_ur
     env.python.conda_dependencies = CondaDependencies.create(
         pip_packages=["azureml-defaults", "azureml-mlflow==1.62.0.post6"])
     write_script(tmp_path / "src", "train.py", AZUREML_MLFLOW_TRAIN)
-    ws = aml.Workspace.from_config()
-    config = aml.ScriptRunConfig(source_directory=str(tmp_path / "src"), script="train.py",
-                                 compute_target="cpu-cluster", environment=env)
-    run = aml.Experiment(ws, "azureml-mlflow").submit(config)
+    run = submit_with(tmp_path / "src", "train.py", env, "azureml-mlflow")
     details = run.wait_for_completion(raise_on_error=False)
     log = driver_log(run)
     assert details["status"] == "Completed", (details.get("error"), log[-3000:])
