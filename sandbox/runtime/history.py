@@ -114,12 +114,12 @@ class RunHistory:
                       f"{type(exc).__name__}: {exc}", file=sys.stderr)
             return
         _, exc, tb = exc_info
+        print(f"Cleaning up all outstanding Run operations, waiting {timeout} seconds")
+        print("0 items cleaning up...")
+        started = time.time()  # what is left to send: the script's error
         if exc is not None and not (isinstance(exc, SystemExit) and exc.code in (None, 0)):
             report.post_error({"code": "UserError", "message": f"User program failed with {type(exc).__name__}: {exc}",
                                "debug_type": type(exc).__name__, "debug_message": str(exc),
                                "debug_stack_trace": "".join(traceback.format_tb(tb))})
-        print(f"Cleaning up all outstanding Run operations, waiting {timeout} seconds")
-        print("0 items cleaning up...")
-        started = time.time()
         print(f"aml-sandbox: the run's outputs/ and logs/ were not sent to run history: {self.missing}.")
         print(f"Cleanup took {time.time() - started} seconds")

@@ -206,7 +206,12 @@ def log_batch(request: Request, body: Body,
     tags = key_values(body.get("tags"), "tags", MAX_BATCH_TAGS, value_limit=MAX_TAG_VALUE)
     if len(metrics) + len(params) + len(tags) > MAX_BATCH_TOTAL:
         raise bad(f"A batch may hold at most {MAX_BATCH_TOTAL} metrics, params and tags in all (MLflow's limit).")
-    records = _new_values(request, record, [metric_record(m, f"metrics[{i}]") for i, m in enumerate(metrics)])
+    records = [metric_record(m, f"metrics[{i}]") for i, m in enumerate(metrics)]
+    relogged = [r for r, m in zip(records, metrics, strict=True) if m.get("model_id")]
+    if relogged:  # only MLflow 3's copies for a logged model are checked against the store (no read otherwise)
+        kept = {id(r) for r in _new_values(request, record, relogged)} | {id(r) for r in records} - \
+            {id(r) for r in relogged}
+        records = [r for r in records if id(r) in kept]
     if params or tags:
         _set_tags(request, record, {**dict(params), **dict(tags)})
         mlflow_state(request).add_params(record.run_id, [k for k, _ in params])
